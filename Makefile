@@ -1,0 +1,35 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.flairkit-installed
+DEMO_DIR ?= build/demo
+
+.PHONY: install demo test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch/torchvision are pinned to the builds served from local disk; the rest from pyproject.toml.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e ".[train,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/flairkit synth $(DEMO_DIR)/data --seed 0 --aerial-px 256 --progress
+	$(VENV)/bin/flairkit info $(DEMO_DIR)/data
+	$(VENV)/bin/flairkit show $(DEMO_DIR)/data --png $(DEMO_DIR)/patch.png
+	@echo "demo figure: $(abspath $(DEMO_DIR)/patch.png)"
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) bench/loading.py
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,213 @@
+"""The ``flairkit`` command: parse arguments, call one library function, report.
+
+Subcommands:
+  synth  write a synthetic dataset in the exact FLAIR-HUB layout
+  info   summarise a dataset (patches per split, department, modality; missing files)
+  show   describe one patch (shapes, dtypes, ranges, dates, cloud filter) and draw it
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from flairkit import __version__
+from flairkit.config import ConfigError
+from flairkit.io.raster import DataError
+from flairkit.modalities import Modality
+
+log = logging.getLogger("flairkit")
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "synth",
+        help="write a synthetic FLAIR-HUB dataset in the real layout",
+        description=(
+            "Write a synthetic dataset in exactly the FLAIR-HUB layout: the ten modality folders "
+            "per domain-year, EPSG:2154 GeoTIFFs with the real band counts and dtypes, the "
+            "GLOBAL_ALL_MTD GeoPackages (dates, splits) and the CSV lists. Land cover is visible "
+            "in the aerial image and the elevation; crop types differ only by their Sentinel "
+            "time profiles. Deterministic for a seed."
+        ),
+    )
+    p.add_argument("out", type=Path, help="output folder (the dataset root)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--aerial-px", type=int, default=512,
+        help="aerial patch side in pixels; other modalities scale with it (default 512, as real)",
+    )
+    p.add_argument(
+        "--domains", nargs="+", default=None, metavar="DOMAIN-YEAR",
+        help="domain-years to write, e.g. D006-2020 D012-2019 (default: 2 train/val + 2 test)",
+    )
+    p.add_argument("--rois", type=int, default=2, help="ROIs per domain (default 2)")
+    p.add_argument(
+        "--patches-per-roi", type=int, nargs=2, default=(2, 2), metavar=("ROWS", "COLS"),
+        help="patch grid per ROI (default 2 2)",
+    )
+    p.add_argument("--min-dates", type=int, default=6, help="fewest Sentinel dates per ROI")
+    p.add_argument("--max-dates", type=int, default=14, help="most Sentinel dates per ROI")
+    p.add_argument("--csv-delimiter", default=",", choices=[",", ";"], help="CSV list delimiter")
+    p.add_argument("--progress", action="store_true", help="show a progress bar")
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "info",
+        help="summarise a dataset: patches per split, department and modality, missing files",
+        description=(
+            "Index a FLAIR-HUB root (by scanning its folders, or from official CSV lists) and "
+            "print patches per split, per domain-year and per modality, and which files are missing."
+        ),
+    )
+    p.add_argument("root", type=Path, help="dataset root, a CSV list, or a folder of CSV lists")
+    p.add_argument(
+        "--split", default="auto",
+        help="split method: auto (split_1 if GLOBAL_ALL_MTD_SPLIT.gpkg exists, else card), card, "
+        "csv, split_1..split_5, split_flairchallenge, split_toy, or a .csv/.json file",
+    )
+    p.add_argument("--departments", nargs="+", help="keep only these departments / domain-years")
+    p.add_argument("--years", nargs="+", help="keep only these survey years")
+    p.add_argument("--modalities", nargs="+", help="keep only patches having all these modalities")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--progress", action="store_true", help="progress bar while scanning")
+
+
+def _add_show(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "show",
+        help="describe one patch and optionally draw it to a PNG",
+        description=(
+            "Read every modality of one patch and print its shape, dtype, value range and, for "
+            "time series, acquisition dates as ISO dates with those kept and dropped by the "
+            "benchmark's S2 cloud filter. --png draws all modalities side by side."
+        ),
+    )
+    p.add_argument("root", type=Path, help="dataset root (or CSV list)")
+    p.add_argument("patch_id", nargs="?", help="patch id, e.g. D006-2020_UU-S1-1_1-1 (default: first)")
+    p.add_argument("--modalities", nargs="+", help="modalities to read (default: all present)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--png", type=Path, help="write a figure of the patch here")
+    p.add_argument("--lpis-level", type=int, default=1, choices=[1, 2, 3], help="LPIS level drawn")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``flairkit`` command."""
+    parser = argparse.ArgumentParser(
+        prog="flairkit",
+        description="FLAIR-HUB toolkit: read the dataset, inspect patches, make synthetic data.",
+    )
+    parser.add_argument("--version", action="version", version=f"flairkit {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_synth(sub)
+    _add_info(sub)
+    _add_show(sub)
+    return parser
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from flairkit.synth import make_synthetic_flairhub
+
+    summary = make_synthetic_flairhub(
+        args.out,
+        seed=args.seed,
+        aerial_px=args.aerial_px,
+        domains=args.domains,
+        num_rois=args.rois,
+        patches_per_roi=tuple(args.patches_per_roi),
+        min_dates=args.min_dates,
+        max_dates=args.max_dates,
+        csv_delimiter=args.csv_delimiter,
+        progress=args.progress,
+    )
+    counts = ", ".join(f"{k} {len(v)}" for k, v in summary.patch_ids.items())
+    print(f"wrote {summary.num_files} files to {args.out} ({counts} patches)")
+    return 0
+
+
+def _parse_modalities(names: Sequence[str] | None) -> list[Modality] | None:
+    return None if names is None else [Modality.parse(n) for n in names]
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from flairkit.io.catalog import Catalog
+
+    catalog = Catalog.open(args.root, split=args.split, progress=args.progress)
+    catalog = catalog.filter(
+        departments=args.departments, years=args.years, modalities=_parse_modalities(args.modalities)
+    )
+    summary = catalog.summary()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{summary['root']}: {summary['num_patches']} patches in {summary['num_domains']} domain-years")
+    print("per split:    " + ", ".join(f"{k} {v}" for k, v in summary["patches_per_split"].items()))
+    print("per domain-year:")
+    for domain, counts in summary["patches_per_domain"].items():
+        print(f"  {domain:<16} " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    print("files per modality:")
+    for m, n in summary["files_per_modality"].items():
+        print(f"  {m:<20} {n}")
+    missing = summary["missing_files"]
+    if missing:
+        print("missing files:")
+        for m, e in missing.items():
+            print(f"  {m:<20} {e['count']} patches, e.g. {', '.join(e['examples'][:3])}")
+    else:
+        print("missing files: none")
+    return 0
+
+
+def _run_show(args: argparse.Namespace) -> int:
+    from flairkit.io.catalog import Catalog
+    from flairkit.io.dates import DatesIndex
+    from flairkit.io.patches import read_patch
+    from flairkit.show import DISPLAY_ORDER, describe_patch, format_description, plot_patch
+
+    catalog = Catalog.open(args.root, split=None)
+    if not catalog.refs:
+        raise DataError(f"{args.root}: no patch found")
+    ref = catalog.get(args.patch_id) if args.patch_id else catalog.refs[0]
+    wanted = _parse_modalities(args.modalities)
+    mods = wanted or [m for m in DISPLAY_ORDER if m in ref.modalities]
+    dates = DatesIndex(catalog.root or args.root) if any(m.spec.is_time_series for m in mods) else None
+    raw = read_patch(ref, mods, dates)
+    desc = describe_patch(raw)
+    if args.png:
+        desc["png"] = str(plot_patch(raw, args.png, lpis_level=args.lpis_level))
+    if args.json:
+        print(json.dumps(desc, indent=2))
+    else:
+        print(format_description(desc))
+        if args.png:
+            print(f"figure: {desc['png']}")
+    return 0
+
+
+_COMMANDS = {"synth": _run_synth, "info": _run_info, "show": _run_show}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (2 for bad input, with the reason on stderr)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _COMMANDS[args.command](args)
+    except (DataError, ConfigError, KeyError, ValueError, FileNotFoundError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"flairkit {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+

@@ -1,0 +1,237 @@
+"""Frozen configuration dataclasses and the only code that turns YAML/dicts into them.
+
+Errors name the dotted path of the bad key (``preprocess.inputs.SENTINEL2_TS.norm: ...``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from flairkit.modalities import (
+    DEFAULT_BANDS,
+    DEFAULT_REFERENCE_DATE,
+    Modality,
+    Task,
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type."""
+
+
+Norm = Literal["custom", "scaling", "none"]
+TemporalMean = Literal["none", "monthly", "semi-monthly"]
+DemMode = Literal["stack", "height", "raw"]
+
+
+@dataclass(frozen=True)
+class ModalityConfig:
+    """How one input modality is prepared.
+
+    Attributes:
+        bands: band names to keep, in this order (``None``: all, file order). Not used for the
+            DEM, whose channels come from ``PreprocessConfig.dem``.
+        norm: ``custom`` (x - mean) / std; ``scaling`` x / scale; ``none``.
+        mean: per kept band; ``None`` takes the published value of each band by name.
+        std: per kept band, likewise.
+        scale: divisor for ``scaling``; ``None`` takes the dtype's maximum (255 for uint8).
+        temporal_mean: time series only: ``none``, ``monthly`` or ``semi-monthly``.
+    """
+
+    bands: tuple[str, ...] | None = None
+    norm: Norm = "custom"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    scale: float | None = None
+    temporal_mean: TemporalMean = "none"
+
+
+@dataclass(frozen=True)
+class CloudFilterConfig:
+    """Sentinel-2 snow/cloud date filter; defaults are the benchmark's (spec section 2.3).
+
+    Attributes:
+        enabled: filter at all.
+        max_cloud: a pixel is clear if its cloud probability (0-100) is at most this...
+        max_snow: ...and its snow probability at most this.
+        max_cover_fraction: a date is kept if at most this fraction of pixels is not clear.
+        fallback_num_dates: when no date passes even on snow alone, keep this many least-covered dates.
+    """
+
+    enabled: bool = True
+    max_cloud: float = 1.0
+    max_snow: float = 1.0
+    max_cover_fraction: float = 0.05
+    fallback_num_dates: int = 3
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Everything between the files and the model input; saved with every model.
+
+    Attributes:
+        inputs: the input modalities and how each is prepared.
+        tasks: which labels to produce.
+        lpis_level: LPIS nomenclature level (1, 2 or 3).
+        dem: ``stack`` = [DSM, DSM - DTM], ``height`` = [DSM - DTM], ``raw`` = [DSM, DTM].
+        cloud_filter: the S2 date filter.
+        reference_date: ``MM-DD`` origin of the day offsets.
+    """
+
+    inputs: Mapping[Modality, ModalityConfig] = field(
+        default_factory=lambda: {Modality.AERIAL_RGBI: default_modality_config(Modality.AERIAL_RGBI)}
+    )
+    tasks: tuple[Task, ...] = (Task.COSIA,)
+    lpis_level: int = 1
+    dem: DemMode = "stack"
+    cloud_filter: CloudFilterConfig = CloudFilterConfig()
+    reference_date: str = DEFAULT_REFERENCE_DATE
+
+    def __post_init__(self) -> None:
+        if self.lpis_level not in (1, 2, 3):
+            raise ConfigError(f"lpis_level: must be 1, 2 or 3, got {self.lpis_level}")
+        for m in self.inputs:
+            if not m.spec.is_input:
+                raise ConfigError(f"inputs.{m.value}: not a model input")
+
+
+def default_modality_config(modality: Modality) -> ModalityConfig:
+    """The benchmark's preparation of a modality (spec section 5.1)."""
+    if modality.spec.is_time_series:
+        return ModalityConfig(norm="none")  # the benchmark feeds raw S1/S2 to U-TAE
+    return ModalityConfig(bands=DEFAULT_BANDS.get(modality))
+
+
+def preprocess_config_for(
+    modalities: list[Modality] | tuple[Modality, ...],
+    tasks: tuple[Task, ...] = (Task.COSIA,),
+    **kwargs: Any,
+) -> PreprocessConfig:
+    """A PreprocessConfig with the benchmark defaults for these inputs."""
+    return PreprocessConfig(
+        inputs={m: default_modality_config(m) for m in modalities}, tasks=tasks, **kwargs
+    )
+
+
+def from_dict(cls: type, data: Any, path: str = "") -> Any:
+    """Build a (nested) frozen dataclass from plain data, checking every key and type.
+
+    Raises:
+        ConfigError: an unknown key, a missing required key or a wrong type, with its dotted path.
+    """
+    return _convert(cls, data, path)
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    where = path or "<root>"
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        hints = typing.get_type_hints(tp)
+        names = {f.name for f in dataclasses.fields(tp) if f.init}
+        unknown = set(value) - names
+        if unknown:
+            raise ConfigError(
+                f"{_join(path, sorted(map(str, unknown))[0])}: unknown key; valid: {', '.join(sorted(names))}"
+            )
+        kwargs = {k: _convert(hints[k], v, _join(path, k)) for k, v in value.items()}
+        try:
+            return tp(**kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+    if origin is typing.Union or origin is types.UnionType:
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches no allowed type")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, get_args(tp)))}")
+        return value
+    if origin in (tuple,):
+        args = get_args(tp)
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_convert(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin in (Mapping, dict, typing.Mapping) or tp is dict:
+        key_tp, value_tp = get_args(tp) or (Any, Any)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return {
+            _convert(key_tp, k, _join(path, str(k))): _convert(value_tp, v, _join(path, str(k)))
+            for k, v in value.items()
+        }
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        if isinstance(value, tp):
+            return value
+        try:
+            return tp.parse(value) if hasattr(tp, "parse") else tp(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is Path and isinstance(value, str | Path):
+        return Path(value)
+    if tp in (int, str, bool) and type(value) is tp:
+        return value
+    raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain data (for YAML/JSON) from a config dataclass."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {to_dict(k): to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, tuple | list):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, Enum):
+        return obj.value
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Read a YAML file.
+
+    Raises:
+        ConfigError: the file is missing or not valid YAML.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({exc})") from exc

@@ -1,0 +1,112 @@
+"""Lightning DataModule over a Catalog: train / val / test / predict loaders."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from flairkit.config import PreprocessConfig
+from flairkit.data.datasets import PatchDataset
+from flairkit.data.sample import collate
+from flairkit.io.catalog import Catalog
+from flairkit.io.dates import DatesIndex
+from flairkit.modalities import Modality
+from flairkit.transforms.augment import FlipRotate
+from flairkit.transforms.preprocess import Preprocessor
+
+log = logging.getLogger(__name__)
+
+
+class FlairDataModule(L.LightningDataModule):
+    """Loaders for the splits of a catalog.
+
+    Args:
+        catalog: patches with their split (``Catalog.scan(root)`` uses the official split).
+        preprocess: preparation of inputs and labels (shared by every split).
+        batch_size: samples per batch.
+        num_workers: loader processes; each opens its own files.
+        augment: training augmentation (default: the benchmark's flips and rotations);
+            ``None`` disables it.
+        predict_split: split used by ``predict_dataloader``.
+        drop_last: drop the last incomplete training batch.
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        preprocess: PreprocessConfig,
+        batch_size: int = 4,
+        num_workers: int = 0,
+        augment: FlipRotate | None = FlipRotate(),
+        predict_split: str = "test",
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.catalog = catalog
+        self.preprocess_config = preprocess
+        self.preprocessor = Preprocessor(preprocess)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.augment = augment
+        self.predict_split = predict_split
+        self.drop_last = drop_last
+        self.dates: DatesIndex | None = None
+        self.datasets: dict[str, PatchDataset] = {}
+
+    def _needs_dates(self) -> list[Modality]:
+        return [m for m in self.preprocessor.required_modalities if m.spec.is_time_series]
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets; date tables are loaded here, once, before workers fork."""
+        if self.dates is None and self._needs_dates():
+            if self.catalog.root is None:
+                raise ValueError("time-series inputs need the dataset root for the date tables")
+            ids = [r.patch_id for r in self.catalog.refs]
+            self.dates = DatesIndex(self.catalog.root, patch_ids=ids).load(self._needs_dates())
+        for split in ("train", "val", "test"):
+            if split in self.datasets:
+                continue
+            refs = self.catalog.filter(split=split).refs
+            augment = self.augment if split == "train" else None
+            self.datasets[split] = PatchDataset(refs, self.preprocessor, self.dates, augment)
+            log.info("%s: %d patches", split, len(refs))
+
+    def _loader(self, split: str, shuffle: bool, drop_last: bool = False) -> DataLoader:
+        if split not in self.datasets:
+            self.setup()
+        dataset = self.datasets[split]
+        if len(dataset) == 0:
+            raise ValueError(f"the {split} split of {self.catalog.root} holds no patch")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            drop_last=drop_last,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled, augmented training batches."""
+        return self._loader("train", shuffle=True, drop_last=self.drop_last)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches, in catalog order."""
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches, in catalog order."""
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Batches of ``predict_split``, in catalog order."""
+        return self._loader(self.predict_split, shuffle=False)
+
+    @property
+    def splits(self) -> Sequence[str]:
+        """Splits with at least one patch."""
+        return [s for s in ("train", "val", "test") if self.catalog.filter(split=s).refs]

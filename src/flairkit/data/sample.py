@@ -1,0 +1,173 @@
+"""The three data types of the pipeline and the collate that turns samples into a batch.
+
+files --io--> RawSample (numpy, native dtype) --Preprocessor--> Sample (torch, float inputs,
+integer labels) --collate--> Batch (padded time series with masks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from flairkit.modalities import Modality, Task
+
+if TYPE_CHECKING:
+    from flairkit.io.raster import Georef
+
+
+@dataclass
+class RawSample:
+    """One patch as stored on disk.
+
+    Attributes:
+        patch_id: official patch id.
+        arrays: per modality, ``(C, H, W)`` or ``(T, C, H, W)`` in the file's dtype and band order.
+        dates: per time-series modality, ``datetime64[D]`` of shape ``(T,)`` in band order.
+        georefs: per modality, where the file lies.
+    """
+
+    patch_id: str
+    arrays: dict[Modality, np.ndarray]
+    dates: dict[Modality, np.ndarray] = field(default_factory=dict)
+    georefs: dict[Modality, Georef] = field(default_factory=dict)
+
+
+@dataclass
+class Sample:
+    """One preprocessed patch, ready for a model.
+
+    Attributes:
+        patch_id: official patch id.
+        inputs: per input modality, float32 ``(C, H, W)`` or ``(T, C, H, W)``.
+        dates: per time-series input, float32 day offsets from the reference date, ``(T,)``.
+        labels: per task, integer class indices ``(H, W)`` (uint8 on disk, kept compact).
+        bounds: (left, bottom, right, top) of the patch footprint.
+        crs: CRS of the footprint.
+    """
+
+    patch_id: str
+    inputs: dict[Modality, Tensor]
+    dates: dict[Modality, Tensor] = field(default_factory=dict)
+    labels: dict[Task, Tensor] = field(default_factory=dict)
+    bounds: tuple[float, float, float, float] | None = None
+    crs: str | None = None
+
+
+@dataclass
+class Batch:
+    """Samples stacked along a batch axis B; time series padded to the longest T.
+
+    Attributes:
+        inputs: ``(B, C, H, W)`` or ``(B, T, C, H, W)`` float32 per input modality.
+        dates: ``(B, T)`` float32 day offsets per time-series input (0 where padded).
+        pad_masks: ``(B, T)`` bool per time-series input, True where the date is padding.
+        labels: ``(B, H, W)`` int64 class indices per task.
+        patch_ids: one id per sample.
+        bounds: one footprint per sample.
+        crs: one CRS per sample.
+    """
+
+    inputs: dict[Modality, Tensor]
+    dates: dict[Modality, Tensor]
+    pad_masks: dict[Modality, Tensor]
+    labels: dict[Task, Tensor]
+    patch_ids: list[str]
+    bounds: list[tuple[float, float, float, float] | None]
+    crs: list[str | None]
+
+    def __len__(self) -> int:
+        return len(self.patch_ids)
+
+    def to(self, device: torch.device | str) -> Batch:
+        """Move every tensor to a device."""
+
+        def move(d: Mapping) -> dict:
+            return {k: v.to(device, non_blocking=True) for k, v in d.items()}
+
+        return Batch(
+            move(self.inputs),
+            move(self.dates),
+            move(self.pad_masks),
+            move(self.labels),
+            self.patch_ids,
+            self.bounds,
+            self.crs,
+        )
+
+    def pin_memory(self) -> Batch:
+        """Page-lock every tensor (called by DataLoader when ``pin_memory=True``)."""
+
+        def pin(d: Mapping) -> dict:
+            return {k: v.pin_memory() for k, v in d.items()}
+
+        return Batch(
+            pin(self.inputs),
+            pin(self.dates),
+            pin(self.pad_masks),
+            pin(self.labels),
+            self.patch_ids,
+            self.bounds,
+            self.crs,
+        )
+
+
+def pad_time_series(
+    series: Sequence[Tensor], dates: Sequence[Tensor]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Zero-pad ``(T_i, C, H, W)`` series and their ``(T_i,)`` dates to the longest T.
+
+    Returns:
+        ``(B, T, C, H, W)`` values, ``(B, T)`` dates, ``(B, T)`` mask (True = padding).
+    """
+    lengths = [s.shape[0] for s in series]
+    t_max = max(lengths)
+    first = series[0]
+    values = first.new_zeros((len(series), t_max, *first.shape[1:]))
+    offsets = dates[0].new_zeros((len(series), t_max))
+    mask = torch.ones((len(series), t_max), dtype=torch.bool)
+    for i, (s, d, n) in enumerate(zip(series, dates, lengths, strict=True)):
+        values[i, :n] = s
+        offsets[i, :n] = d
+        mask[i, :n] = False
+    return values, offsets, mask
+
+
+def collate(samples: Sequence[Sample]) -> Batch:
+    """Stack samples into a Batch; time series of different lengths are zero-padded.
+
+    Raises:
+        ValueError: the samples do not hold the same modalities and tasks.
+    """
+    if not samples:
+        raise ValueError("cannot collate an empty list of samples")
+    first = samples[0]
+    for s in samples[1:]:
+        if s.inputs.keys() != first.inputs.keys() or s.labels.keys() != first.labels.keys():
+            raise ValueError(
+                f"samples {first.patch_id} and {s.patch_id} hold different modalities or tasks"
+            )
+    inputs: dict[Modality, Tensor] = {}
+    dates: dict[Modality, Tensor] = {}
+    masks: dict[Modality, Tensor] = {}
+    for m in first.inputs:
+        if m in first.dates:
+            inputs[m], dates[m], masks[m] = pad_time_series(
+                [s.inputs[m] for s in samples], [s.dates[m] for s in samples]
+            )
+        else:
+            inputs[m] = torch.stack([s.inputs[m] for s in samples])
+    labels = {t: torch.stack([s.labels[t] for s in samples]).long() for t in first.labels}
+    return Batch(
+        inputs,
+        dates,
+        masks,
+        labels,
+        [s.patch_id for s in samples],
+        [s.bounds for s in samples],
+        [s.crs for s in samples],
+    )

@@ -1,0 +1,289 @@
+"""A catalog of FLAIR-HUB patches: index, splits, filters and a summary.
+
+Splits:
+- ``split_1`` ... ``split_5``, ``split_flairchallenge``, ``split_toy``: the columns of
+  ``GLOBAL_ALL_MTD/GLOBAL_ALL_MTD_SPLIT.gpkg`` (``valid`` is read as ``val``).
+- ``card``: the dataset card's department lists (test departments -> test); inside the
+  train/val departments a patch goes to val with probability ``val_fraction``, decided by a
+  hash of its id, so the assignment is stable across machines and runs.
+- ``csv``: the split of the CSV list each patch came from.
+- a user file (``.csv`` with ``patch_id,split`` or ``.json`` ``{patch_id: split}``), or
+  department lists given in code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flairkit.io.patches import PatchRef, read_csv_lists, scan_root
+from flairkit.io.raster import DataError
+from flairkit.modalities import (
+    METADATA_DIR,
+    SPLIT_ALIASES,
+    SPLIT_GPKG,
+    SPLITS,
+    TEST_DOMAINS,
+    TRAINVAL_DOMAINS,
+    Modality,
+)
+
+log = logging.getLogger(__name__)
+
+GPKG_SPLIT_COLUMNS = (
+    "split_1",
+    "split_2",
+    "split_3",
+    "split_4",
+    "split_5",
+    "split_flairchallenge",
+    "split_toy",
+)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """An immutable list of patches with the root they came from.
+
+    Attributes:
+        refs: the patches, sorted by id.
+        root: dataset root (for metadata), if known.
+    """
+
+    refs: tuple[PatchRef, ...]
+    root: Path | None = None
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def scan(cls, root: str | Path, split: str | None = "auto", progress: bool = False) -> Catalog:
+        """Index a root by its folders, then assign a split.
+
+        Args:
+            root: dataset root.
+            split: a split method (module docstring); ``auto`` = ``split_1`` from the split
+                GeoPackage when it exists, else ``card``; ``None`` leaves splits unset.
+            progress: progress bar while scanning.
+        """
+        catalog = cls(tuple(scan_root(root, progress)), Path(root))
+        return catalog.with_split(split) if split else catalog
+
+    @classmethod
+    def from_csv(
+        cls, csv_paths: Sequence[str | Path], root: str | Path | None = None
+    ) -> Catalog:
+        """Index from official CSV lists; the split comes from each file's name."""
+        refs = read_csv_lists(csv_paths, root)
+        seen: dict[str, PatchRef] = {}
+        for ref in refs:
+            if ref.patch_id in seen:
+                raise DataError(f"patch {ref.patch_id} is listed twice in {list(map(str, csv_paths))}")
+            seen[ref.patch_id] = ref
+        base = Path(root) if root else (Path(refs[0].root) if refs else None)
+        return cls(tuple(sorted(refs, key=lambda r: r.patch_id)), base)
+
+    @classmethod
+    def open(
+        cls, source: str | Path, split: str | None = "auto", progress: bool = False
+    ) -> Catalog:
+        """A root folder (scanned), a CSV file, or a folder of CSV lists."""
+        source = Path(source)
+        if source.is_file() and source.suffix.lower() == ".csv":
+            return cls.from_csv([source])
+        if source.is_dir() and not any(source.glob("D*_*")) and list(source.glob("*.csv")):
+            return cls.from_csv(sorted(source.glob("*.csv")))
+        return cls.scan(source, split, progress)
+
+    # -- splits -------------------------------------------------------------------------
+    def with_split(self, method: str, val_fraction: float = 0.25) -> Catalog:
+        """Assign every patch a split (see the module docstring for the methods).
+
+        Raises:
+            DataError: the split GeoPackage or user file is missing or incomplete.
+            ValueError: unknown method.
+        """
+        if method == "auto":
+            gpkg = self.split_gpkg_path
+            method = "split_1" if gpkg is not None and gpkg.is_file() else "card"
+        if method == "csv":
+            return self
+        if method == "card":
+            mapping = {r.patch_id: card_split(r.patch_id, val_fraction) for r in self.refs}
+        elif method in GPKG_SPLIT_COLUMNS:
+            mapping = self._gpkg_splits(method)
+        elif Path(method).suffix.lower() in (".csv", ".json"):
+            mapping = read_split_file(method)
+        else:
+            raise ValueError(
+                f"unknown split {method!r}; use auto, card, csv, {', '.join(GPKG_SPLIT_COLUMNS)} "
+                "or a .csv/.json file"
+            )
+        return Catalog(tuple(r.with_split(mapping.get(r.patch_id)) for r in self.refs), self.root)
+
+    def with_department_split(
+        self, train: Iterable[str], val: Iterable[str] = (), test: Iterable[str] = ()
+    ) -> Catalog:
+        """Assign splits by department (``D006`` or ``D006-2020``); others get no split."""
+        lookup: dict[str, str] = {}
+        for split, names in (("train", train), ("val", val), ("test", test)):
+            for name in names:
+                lookup[name] = split
+        return Catalog(
+            tuple(
+                r.with_split(lookup.get(r.domain_year, lookup.get(r.domain))) for r in self.refs
+            ),
+            self.root,
+        )
+
+    @property
+    def split_gpkg_path(self) -> Path | None:
+        """Where the official split table would be."""
+        return self.root / METADATA_DIR / SPLIT_GPKG if self.root else None
+
+    def _gpkg_splits(self, column: str) -> dict[str, str]:
+        import pyogrio
+
+        path = self.split_gpkg_path
+        if path is None or not path.is_file():
+            raise DataError(f"{path}: split GeoPackage is missing (needed for split {column!r})")
+        try:
+            frame = pyogrio.read_dataframe(path, read_geometry=False)
+        except Exception as exc:
+            raise DataError(f"{path}: cannot read split table ({exc})") from exc
+        if column not in frame.columns or "patch_id" not in frame.columns:
+            have = [c for c in frame.columns if c.startswith("split")]
+            raise DataError(f"{path}: no column {column!r} (split columns: {have})")
+        mapping = {}
+        for patch_id, value in zip(frame["patch_id"].astype(str), frame[column], strict=True):
+            split = SPLIT_ALIASES.get(str(value).strip().lower()) if value is not None else None
+            if split is None and value not in (None, ""):
+                raise DataError(f"{path}: {patch_id}: unknown {column} value {value!r}")
+            mapping[patch_id] = split
+        return mapping
+
+    # -- filters ------------------------------------------------------------------------
+    def filter(
+        self,
+        departments: Iterable[str] | None = None,
+        years: Iterable[str | int] | None = None,
+        modalities: Iterable[Modality] | None = None,
+        split: str | None = None,
+        patch_ids: Iterable[str] | None = None,
+    ) -> Catalog:
+        """Keep the patches that match every given criterion.
+
+        Args:
+            departments: ``D006`` or domain-years ``D006-2020``.
+            years: survey years.
+            modalities: patches must have a file for each.
+            split: ``train``, ``val``/``valid`` or ``test``.
+            patch_ids: explicit ids.
+        """
+        refs: Iterable[PatchRef] = self.refs
+        if departments is not None:
+            wanted = set(departments)
+            refs = [r for r in refs if r.domain in wanted or r.domain_year in wanted]
+        if years is not None:
+            wanted_years = {str(y) for y in years}
+            refs = [r for r in refs if r.year in wanted_years]
+        if modalities is not None:
+            need = frozenset(modalities)
+            refs = [r for r in refs if need <= r.modalities]
+        if split is not None:
+            name = SPLIT_ALIASES.get(split, split)
+            if name not in SPLITS:
+                raise ValueError(f"unknown split {split!r}; use train, val or test")
+            refs = [r for r in refs if r.split == name]
+        if patch_ids is not None:
+            ids = set(patch_ids)
+            refs = [r for r in refs if r.patch_id in ids]
+        return Catalog(tuple(refs), self.root)
+
+    def get(self, patch_id: str) -> PatchRef:
+        """The patch with this id.
+
+        Raises:
+            KeyError: unknown id; the message suggests close ids.
+        """
+        for ref in self.refs:
+            if ref.patch_id == patch_id:
+                return ref
+        import difflib
+
+        close = difflib.get_close_matches(patch_id, [r.patch_id for r in self.refs], n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise KeyError(f"unknown patch id {patch_id!r} in {self.root}{hint}")
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __iter__(self) -> Iterator[PatchRef]:
+        return iter(self.refs)
+
+    # -- summary ------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """Counts per split, department and modality, and the missing files."""
+        per_split = Counter(r.split or "none" for r in self.refs)
+        per_domain: dict[str, Counter] = {}
+        per_modality = Counter()
+        missing: dict[str, list[str]] = {}
+        for r in self.refs:
+            per_domain.setdefault(r.domain_year, Counter())[r.split or "none"] += 1
+            for m in r.modalities:
+                per_modality[m.value] += 1
+            for m in Modality:
+                if m not in r.modalities:
+                    missing.setdefault(m.value, []).append(r.patch_id)
+        return {
+            "root": str(self.root) if self.root else None,
+            "num_patches": len(self.refs),
+            "num_domains": len(per_domain),
+            "patches_per_split": dict(sorted(per_split.items())),
+            "patches_per_domain": {d: dict(sorted(c.items())) for d, c in sorted(per_domain.items())},
+            "files_per_modality": {m.value: per_modality.get(m.value, 0) for m in Modality},
+            "missing_files": {m: {"count": len(ids), "examples": ids[:5]} for m, ids in missing.items()},
+        }
+
+
+def card_split(patch_id: str, val_fraction: float = 0.25) -> str | None:
+    """Split of a patch by the dataset card's department lists (None: unknown department)."""
+    domain = patch_id.split("-", 1)[0]
+    if domain in TEST_DOMAINS:
+        return "test"
+    if domain not in TRAINVAL_DOMAINS:
+        return None
+    digest = hashlib.blake2b(patch_id.encode(), digest_size=8).digest()
+    u = int.from_bytes(digest, "big") / 2**64
+    return "val" if u < val_fraction else "train"
+
+
+def read_split_file(path: str | Path) -> dict[str, str]:
+    """A user split: CSV ``patch_id,split`` (header required) or JSON ``{patch_id: split}``.
+
+    Raises:
+        DataError: missing file, wrong columns or an unknown split value.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: split file is missing")
+    if path.suffix.lower() == ".json":
+        raw: Mapping[str, str] = json.loads(path.read_text(encoding="utf-8"))
+    else:
+        import pandas as pd
+
+        frame = pd.read_csv(path, sep=None, engine="python", dtype=str)
+        if not {"patch_id", "split"} <= set(frame.columns):
+            raise DataError(f"{path}: needs columns patch_id and split, has {list(frame.columns)}")
+        raw = dict(zip(frame["patch_id"], frame["split"], strict=True))
+    out = {}
+    for patch_id, value in raw.items():
+        split = SPLIT_ALIASES.get(str(value).strip().lower())
+        if split is None:
+            raise DataError(f"{path}: {patch_id}: unknown split {value!r} (use train, val, test)")
+        out[str(patch_id)] = split
+    return out

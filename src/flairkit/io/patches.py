@@ -1,0 +1,339 @@
+"""The official patch layout: folders or CSV lists -> PatchRef -> RawSample.
+
+Layout (spec section 1): ``<root>/<DOMAIN>-<YEAR>_<MOD>/<ROI>/<DOMAIN>-<YEAR>_<MOD>_<ROI>_<ROW>-<COL>.tif``,
+with ``195X`` in place of the year for the historical imagery. A scanned catalog stores
+only which modalities each patch has and rebuilds paths from that grammar, so indexing
+241,100 patches x 10 files stays small enough to copy into every loader worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from flairkit.data.sample import RawSample
+from flairkit.io.dates import DatesIndex
+from flairkit.io.raster import DataError, Georef, read_geotiff
+from flairkit.modalities import HISTORICAL_YEAR, Modality
+
+log = logging.getLogger(__name__)
+
+_FOLDER_RE = re.compile(r"^(?P<domain>D\d{3,})-(?P<year>\d{4}|195X)_(?P<mod>[A-Z0-9-]+_[A-Z0-9-]+)$")
+_PATCH_ID_RE = re.compile(r"^(?P<domain>D\d{3,})-(?P<year>\d{4})_(?P<roi>[^_]+)_(?P<rc>\d+-\d+)$")
+_MODALITY_BY_KEY = {m.value: m for m in Modality}
+# Shared instances: a catalog of 241,100 patches holds a handful of distinct modality sets.
+_INTERNED: dict[frozenset[Modality], frozenset[Modality]] = {}
+
+
+def _intern(mods: Iterable[Modality]) -> frozenset[Modality]:
+    key = frozenset(mods)
+    return _INTERNED.setdefault(key, key)
+
+
+@dataclass(frozen=True, slots=True)
+class PatchRef:
+    """One patch: its id, where its files are, and its split.
+
+    Attributes:
+        patch_id: ``<DOMAIN>-<YEAR>_<ROI>_<ROW>-<COL>``.
+        root: dataset root used to rebuild standard paths.
+        modalities: modalities that have a file for this patch.
+        split: ``train``, ``val``, ``test`` or ``None``.
+        explicit_paths: paths that do not follow the layout grammar (from CSV lists).
+    """
+
+    patch_id: str
+    root: str
+    modalities: frozenset[Modality]
+    split: str | None = None
+    explicit_paths: tuple[tuple[Modality, str], ...] = field(default=(), compare=False)
+
+    def _parts(self) -> re.Match[str]:
+        match = _PATCH_ID_RE.match(self.patch_id)
+        if match is None:
+            raise ValueError(f"patch id {self.patch_id!r} is not <DOMAIN>-<YEAR>_<ROI>_<ROW>-<COL>")
+        return match
+
+    @property
+    def domain(self) -> str:
+        """Département code, e.g. ``D006`` or ``D024047``."""
+        return self.patch_id.split("-", 1)[0]
+
+    @property
+    def year(self) -> str:
+        """Aerial survey year, e.g. ``2020``."""
+        return self._parts()["year"]
+
+    @property
+    def domain_year(self) -> str:
+        """E.g. ``D006-2020``."""
+        return self.patch_id.split("_", 1)[0]
+
+    @property
+    def roi(self) -> str:
+        """Region of interest, e.g. ``FF-S1-14``."""
+        return self._parts()["roi"]
+
+    @property
+    def zone_id(self) -> str:
+        """``<DOMAIN>-<YEAR>_<ROI>``: patches of one zone share their Sentinel dates."""
+        return self.patch_id.rsplit("_", 1)[0]
+
+    @property
+    def row_col(self) -> tuple[int, int]:
+        """1-based (row, col) of the patch in its ROI."""
+        row, col = self._parts()["rc"].split("-")
+        return int(row), int(col)
+
+    def path(self, modality: Modality) -> Path:
+        """The file of a modality (whether or not it exists)."""
+        for m, p in self.explicit_paths:
+            if m is modality:
+                return Path(p)
+        return Path(self.root) / standard_relpath(self.patch_id, modality)
+
+    def with_split(self, split: str | None) -> PatchRef:
+        """A copy with another split."""
+        return PatchRef(self.patch_id, self.root, self.modalities, split, self.explicit_paths)
+
+
+def standard_relpath(patch_id: str, modality: Modality) -> str:
+    """Path of a patch's file relative to the root, following the official grammar."""
+    match = _PATCH_ID_RE.match(patch_id)
+    if match is None:
+        raise ValueError(f"patch id {patch_id!r} is not <DOMAIN>-<YEAR>_<ROI>_<ROW>-<COL>")
+    year = HISTORICAL_YEAR if modality is Modality.AERIAL_PAN else match["year"]
+    folder = f"{match['domain']}-{year}_{modality.value}"
+    return f"{folder}/{match['roi']}/{folder}_{match['roi']}_{match['rc']}.tif"
+
+
+def parse_file_name(name: str) -> tuple[str, Modality] | None:
+    """``(patch_id, modality)`` of an official file name, or None if it is not one.
+
+    For the historical imagery the patch id carries ``195X``; callers match it to the survey year.
+    """
+    stem = name[:-4] if name.lower().endswith(".tif") else None
+    if stem is None:
+        return None
+    parts = stem.split("_")
+    if len(parts) != 5:
+        return None
+    domain_year, sensor, datatype, roi, rc = parts
+    modality = _MODALITY_BY_KEY.get(f"{sensor}_{datatype}")
+    if modality is None:
+        return None
+    return f"{domain_year}_{roi}_{rc}", modality
+
+
+def scan_root(root: str | Path, progress: bool = False) -> list[PatchRef]:
+    """Index a FLAIR-HUB root by walking its modality folders.
+
+    Args:
+        root: folder holding ``<DOMAIN>-<YEAR>_<MOD>/`` folders.
+        progress: show a progress bar over folders.
+
+    Returns:
+        Patches sorted by id, split unset. A patch exists when any non-historical file does;
+        a historical (``195X``) file is attached to every survey year of its domain.
+
+    Raises:
+        DataError: the root does not exist or holds no modality folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset root is not a folder")
+    folders = sorted(
+        (e.name, m) for e in os.scandir(root) if e.is_dir() and (m := _FOLDER_RE.match(e.name))
+    )
+    folders = [(name, m) for name, m in folders if m["mod"] in _MODALITY_BY_KEY]
+    if not folders:
+        raise DataError(f"{root}: no <DOMAIN>-<YEAR>_<MODALITY> folder found; is this a FLAIR-HUB root?")
+    found: dict[str, set[Modality]] = {}
+    historical: set[str] = set()  # "<DOMAIN>_<ROI>_<RC>" of every 195X file
+    iterator: Iterable = folders
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(folders, desc="scanning", unit="folder")
+    for name, match in iterator:
+        modality = _MODALITY_BY_KEY[match["mod"]]
+        for roi_entry in os.scandir(root / name):
+            if not roi_entry.is_dir():
+                continue
+            for file_entry in os.scandir(roi_entry.path):
+                parsed = parse_file_name(file_entry.name)
+                if parsed is None or parsed[1] is not modality:
+                    continue
+                patch_id = parsed[0]
+                if modality is Modality.AERIAL_PAN:
+                    domain, rest = patch_id.split("-", 1)
+                    historical.add(f"{domain}_{rest.split('_', 1)[1]}")
+                else:
+                    found.setdefault(patch_id, set()).add(modality)
+    refs = []
+    for patch_id in sorted(found):
+        mods = found[patch_id]
+        domain, rest = patch_id.split("-", 1)
+        if f"{domain}_{rest.split('_', 1)[1]}" in historical:
+            mods.add(Modality.AERIAL_PAN)
+        refs.append(PatchRef(patch_id, str(root), _intern(mods)))
+    log.info("scanned %s: %d patches in %d folders", root, len(refs), len(folders))
+    return refs
+
+
+def read_csv_lists(paths: Sequence[str | Path], root: str | Path | None = None) -> list[PatchRef]:
+    """Read official CSV lists (``patch_id`` + one column per modality).
+
+    ``,`` or ``;`` delimiters; relative paths resolve against the CSV's own folder; empty cells
+    mean the modality is absent. The split comes from the file name (TRAIN, VALID/VAL, TEST).
+
+    Args:
+        paths: CSV files.
+        root: dataset root for standard paths; default: inferred from the first listed file.
+
+    Raises:
+        DataError: unreadable CSV, no ``patch_id`` column, a patch id that breaks the grammar.
+    """
+    import pandas as pd
+
+    refs: list[PatchRef] = []
+    for csv_path in map(Path, paths):
+        if not csv_path.is_file():
+            raise DataError(f"{csv_path}: CSV list is missing")
+        with open(csv_path, encoding="utf-8") as handle:
+            header = handle.readline()
+        sep = ";" if header.count(";") > header.count(",") else ","
+        try:
+            frame = pd.read_csv(csv_path, sep=sep, dtype=str, keep_default_na=False)
+        except Exception as exc:
+            raise DataError(f"{csv_path}: cannot read CSV ({exc})") from exc
+        frame.columns = [c.strip() for c in frame.columns]
+        if "patch_id" not in frame.columns:
+            raise DataError(f"{csv_path}: no 'patch_id' column (columns: {list(frame.columns)})")
+        columns = [(c, _MODALITY_BY_KEY[c]) for c in frame.columns if c in _MODALITY_BY_KEY]
+        split = _split_from_name(csv_path.name)
+        base = csv_path.parent
+        table = frame[["patch_id"] + [c for c, _ in columns]].to_numpy()
+        for patch_id, *cells in table:
+            cell_by_mod = {m: cell for (_, m), cell in zip(columns, cells, strict=True)}
+            refs.append(_ref_from_csv_row(patch_id.strip(), cell_by_mod, base, root, split, csv_path))
+    return refs
+
+
+def _ref_from_csv_row(
+    patch_id: str,
+    cells: Mapping[Modality, str],
+    base: Path,
+    root: str | Path | None,
+    split: str | None,
+    csv_path: Path,
+) -> PatchRef:
+    if not _PATCH_ID_RE.match(patch_id):
+        raise DataError(f"{csv_path}: patch id {patch_id!r} is not <DOMAIN>-<YEAR>_<ROI>_<ROW>-<COL>")
+    paths: dict[Modality, Path] = {}
+    for modality, cell in cells.items():
+        cell = cell.strip()
+        if cell and cell.lower() != "nan":
+            p = Path(cell)
+            paths[modality] = p if p.is_absolute() else Path(os.path.normpath(base / p))
+    if root is None and paths:
+        first_mod, first_path = next(iter(paths.items()))
+        root = _root_from_path(first_path, patch_id, first_mod)
+    root_str = str(root or base)
+    explicit = tuple(
+        (m, str(p))
+        for m, p in paths.items()
+        if os.path.normpath(Path(root_str) / standard_relpath(patch_id, m)) != str(p)
+    )
+    return PatchRef(patch_id, root_str, _intern(paths), split, explicit)
+
+
+def _root_from_path(path: Path, patch_id: str, modality: Modality) -> Path:
+    rel = Path(standard_relpath(patch_id, modality))
+    parts = path.parts
+    if len(parts) > len(rel.parts) and Path(*parts[-len(rel.parts) :]) == rel:
+        return Path(*parts[: -len(rel.parts)])
+    return path.parent
+
+
+def _split_from_name(name: str) -> str | None:
+    upper = name.upper()
+    for token, split in (("TRAIN", "train"), ("VALID", "val"), ("_VAL", "val"), ("TEST", "test")):
+        if token in upper:
+            return split
+    return None
+
+
+def read_patch(
+    ref: PatchRef,
+    modalities: Iterable[Modality],
+    dates: DatesIndex | None = None,
+) -> RawSample:
+    """Read the requested modalities of one patch at their native resolution.
+
+    Args:
+        ref: the patch.
+        modalities: which files to read (inputs, S2 mask, labels).
+        dates: acquisition-date tables; required when a time series is requested.
+
+    Returns:
+        A RawSample in native dtype and on-disk band order.
+
+    Raises:
+        DataError: a file is missing or invalid, dates are missing or disagree with the band
+            count, or the files do not cover the same footprint.
+    """
+    arrays: dict[Modality, np.ndarray] = {}
+    georefs: dict[Modality, Georef] = {}
+    sample_dates: dict[Modality, np.ndarray] = {}
+    for modality in modalities:
+        path = ref.path(modality)
+        if modality not in ref.modalities and not path.is_file():
+            raise DataError(f"{path}: {modality.value} file is missing for patch {ref.patch_id}")
+        data, georef = read_geotiff(path, modality)
+        if modality.spec.is_time_series:
+            if dates is None:
+                raise ValueError(f"reading {modality.value} needs a DatesIndex")
+            when = dates.dates(modality, ref.patch_id)
+            if len(when) != data.shape[0]:
+                raise DataError(
+                    f"{path}: {data.shape[0]} dates in the file but {len(when)} in "
+                    f"{dates.gpkg_path(modality)} for {ref.patch_id}"
+                )
+            sample_dates[modality] = when
+        arrays[modality] = data
+        georefs[modality] = georef
+    _check_footprints(ref, georefs)
+    return RawSample(ref.patch_id, arrays, sample_dates, georefs)
+
+
+def _check_footprints(ref: PatchRef, georefs: Mapping[Modality, Georef]) -> None:
+    """All modalities of a patch must cover the same ground (within a centimetre)."""
+    items = list(georefs.items())
+    if len(items) < 2:
+        return
+    first_mod, first = items[0]
+    for modality, georef in items[1:]:
+        if first.crs and georef.crs and first.crs != georef.crs:
+            raise DataError(
+                f"{ref.path(modality)}: CRS {georef.crs} differs from {first.crs} of {ref.path(first_mod)}"
+            )
+        if not np.allclose(georef.bounds, first.bounds, rtol=0, atol=0.01):
+            raise DataError(
+                f"{ref.path(modality)}: bounds {georef.bounds} differ from {first.bounds} "
+                f"of {ref.path(first_mod)}"
+            )
+
+
+def iter_modalities(refs: Iterable[PatchRef]) -> Iterator[Modality]:
+    """Every modality present in at least one of the patches."""
+    seen: set[Modality] = set()
+    for ref in refs:
+        seen |= ref.modalities
+    return iter(sorted(seen, key=list(Modality).index))

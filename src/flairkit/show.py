@@ -1,0 +1,221 @@
+"""Describe and draw one patch: every modality's shape, dtype, range and dates; a PNG panel."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flairkit.config import CloudFilterConfig
+from flairkit.data.sample import RawSample
+from flairkit.modalities import (
+    COSIA_CLASSES,
+    INPUT_MODALITIES,
+    LPIS_L1_CLASSES,
+    ClassInfo,
+    Modality,
+    class_table,
+    Task,
+)
+from flairkit.transforms.timeseries import clear_fraction, cloud_filter
+
+log = logging.getLogger(__name__)
+
+#: Order of the panels and of the description.
+DISPLAY_ORDER: tuple[Modality, ...] = (*INPUT_MODALITIES, Modality.SENTINEL2_MSK, Modality.COSIA, Modality.LPIS)
+
+
+def describe_patch(raw: RawSample, cloud: CloudFilterConfig = CloudFilterConfig()) -> dict[str, Any]:
+    """Shape, dtype, value range and dates of every modality of a patch.
+
+    For S2, the dates kept and dropped by the benchmark's cloud filter (and each date's
+    clear fraction) are listed when the mask was read.
+    """
+    out: dict[str, Any] = {"patch_id": raw.patch_id, "modalities": {}}
+    for m in DISPLAY_ORDER:
+        if m not in raw.arrays:
+            continue
+        data = raw.arrays[m]
+        georef = raw.georefs.get(m)
+        entry: dict[str, Any] = {
+            "shape": list(data.shape),
+            "dtype": str(data.dtype),
+            "min": _scalar(np.nanmin(data)),
+            "max": _scalar(np.nanmax(data)),
+            "bands": list(m.spec.bands),
+        }
+        if georef is not None:
+            entry.update(gsd_m=round(georef.gsd_m, 4), crs=georef.crs, bounds=list(georef.bounds))
+        if m in raw.dates:
+            entry["dates"] = [str(d) for d in raw.dates[m]]
+        if m is Modality.SENTINEL2_TS and Modality.SENTINEL2_MSK in raw.arrays:
+            mask = raw.arrays[Modality.SENTINEL2_MSK]
+            kept = cloud_filter(
+                mask, cloud.max_cloud, cloud.max_snow, cloud.max_cover_fraction, cloud.fallback_num_dates
+            )
+            fraction = clear_fraction(mask, cloud.max_cloud, cloud.max_snow)
+            dates = raw.dates[m]
+            entry["cloud_filter"] = {
+                "kept": [str(dates[i]) for i in kept],
+                "dropped": [str(dates[i]) for i in range(len(dates)) if i not in set(kept.tolist())],
+                "clear_fraction": [round(float(f), 3) for f in fraction],
+            }
+        out["modalities"][m.value] = entry
+    return out
+
+
+def _scalar(value: Any) -> float | int:
+    return value.item() if hasattr(value, "item") else value
+
+
+def format_description(desc: dict[str, Any]) -> str:
+    """Human-readable text of ``describe_patch``."""
+    lines = [f"patch {desc['patch_id']}"]
+    for name, e in desc["modalities"].items():
+        gsd = f" {e['gsd_m']} m/px" if "gsd_m" in e else ""
+        lines.append(
+            f"  {name:<20} {str(tuple(e['shape'])):<22} {e['dtype']:<8} "
+            f"range [{_fmt(e['min'])}, {_fmt(e['max'])}]{gsd}"
+        )
+        if "dates" in e:
+            d = e["dates"]
+            lines.append(f"    {len(d)} dates: {', '.join(d[:4])}{' ...' if len(d) > 4 else ''}")
+        if "cloud_filter" in e:
+            cf = e["cloud_filter"]
+            lines.append(f"    cloud filter keeps {len(cf['kept'])}: {', '.join(cf['kept'])}")
+            lines.append(f"    drops {len(cf['dropped'])}: {', '.join(cf['dropped']) or '-'}")
+    return "\n".join(lines)
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _stretch(rgb: np.ndarray, low: float = 2, high: float = 98) -> np.ndarray:
+    """(3, H, W) any dtype -> (H, W, 3) float in [0, 1], percentile stretch per band."""
+    out = np.empty((rgb.shape[1], rgb.shape[2], 3), dtype=np.float32)
+    for i in range(3):
+        band = rgb[i].astype(np.float32)
+        lo, hi = np.nanpercentile(band, [low, high])
+        out[..., i] = np.clip((band - lo) / max(hi - lo, 1e-6), 0, 1)
+    return out
+
+
+def _label_rgb(label: np.ndarray, classes: tuple[ClassInfo, ...]) -> np.ndarray:
+    from flairkit.modalities import hex_to_rgb
+
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    for c in classes:
+        lut[c.value] = hex_to_rgb(c.colour)
+    return lut[label.astype(np.uint8)]
+
+
+def plot_patch(
+    raw: RawSample,
+    path: str | Path,
+    num_dates: int = 4,
+    cloud: CloudFilterConfig = CloudFilterConfig(),
+    lpis_level: int = 1,
+) -> Path:
+    """Draw every modality of a patch side by side and save a PNG.
+
+    Aerial (true colour and NIR-R-G), historical, DEM (DSM and height), SPOT, a few S2 dates
+    (marked kept/dropped by the cloud filter), S1 VV, COSIA and LPIS in the official colours
+    with a legend of the classes present.
+
+    Returns:
+        The PNG path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    panels: list[tuple[str, np.ndarray, dict[str, Any]]] = []
+    a = raw.arrays
+    if Modality.AERIAL_RGBI in a:
+        panels.append(("aerial RGB", _stretch(a[Modality.AERIAL_RGBI][[0, 1, 2]]), {}))
+        panels.append(("aerial NIR-R-G", _stretch(a[Modality.AERIAL_RGBI][[3, 0, 1]]), {}))
+    if Modality.AERIAL_PAN in a:
+        panels.append(("historical (1950s)", a[Modality.AERIAL_PAN][0], {"cmap": "gray"}))
+    if Modality.DEM_ELEV in a:
+        dem = a[Modality.DEM_ELEV].astype(np.float32)
+        panels.append(("DSM (m)", dem[0], {"cmap": "terrain", "colorbar": True}))
+        panels.append(("height DSM-DTM (m)", dem[0] - dem[1], {"cmap": "viridis", "colorbar": True}))
+    if Modality.SPOT_RGBI in a:
+        panels.append(("SPOT RGB", _stretch(a[Modality.SPOT_RGBI][[0, 1, 2]]), {}))
+    if Modality.SENTINEL2_TS in a:
+        panels += _s2_panels(raw, num_dates, cloud)
+    for m, name in ((Modality.SENTINEL1_ASC_TS, "S1 asc"), (Modality.SENTINEL1_DESC_TS, "S1 desc")):
+        if m in a:
+            series = a[m]
+            mid = series.shape[0] // 2
+            vv = 10 * np.log10(np.clip(series[mid, 0].astype(np.float64), 1e-6, None))
+            panels.append((f"{name} VV dB {raw.dates[m][mid]}", vv, {"cmap": "gray", "colorbar": True}))
+    legends: list[tuple[str, np.ndarray, tuple[ClassInfo, ...]]] = []
+    if Modality.COSIA in a:
+        legends.append(("COSIA land cover", a[Modality.COSIA][0], COSIA_CLASSES))
+    if Modality.LPIS in a:
+        classes = LPIS_L1_CLASSES if lpis_level == 1 else class_table(Task.LPIS, lpis_level)
+        legends.append((f"LPIS level {lpis_level}", a[Modality.LPIS][lpis_level - 1], classes))
+
+    num = len(panels) + len(legends)
+    cols = min(5, max(num, 1))
+    rows = int(np.ceil(num / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.6 * rows), squeeze=False)
+    flat = axes.ravel()
+    for ax, (title, image, opts) in zip(flat, panels, strict=False):
+        im = ax.imshow(image, cmap=opts.get("cmap"), interpolation="nearest")
+        ax.set_title(title, fontsize=9, color=opts.get("color", "black"))
+        if opts.get("colorbar"):
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    for ax, (title, label, classes) in zip(flat[len(panels) :], legends, strict=False):
+        ax.imshow(_label_rgb(label, classes), interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        present = [c for c in classes if np.any(label == c.value)]
+        handles = [Patch(facecolor=c.colour, edgecolor="k", label=f"{c.value} {c.name}") for c in present]
+        ax.legend(handles=handles, fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    for ax in flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in flat[num:]:
+        ax.axis("off")
+    fig.suptitle(f"FLAIR-HUB patch {raw.patch_id}", fontsize=11)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _s2_panels(
+    raw: RawSample, num_dates: int, cloud: CloudFilterConfig
+) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
+    series = raw.arrays[Modality.SENTINEL2_TS]
+    dates = raw.dates[Modality.SENTINEL2_TS]
+    num_total = series.shape[0]
+    kept: set[int] = set(range(num_total))
+    mask = raw.arrays.get(Modality.SENTINEL2_MSK)
+    if mask is not None:
+        kept = set(
+            cloud_filter(
+                mask, cloud.max_cloud, cloud.max_snow, cloud.max_cover_fraction, cloud.fallback_num_dates
+            ).tolist()
+        )
+    picks = np.unique(np.linspace(0, num_total - 1, min(num_dates, num_total)).round().astype(int))
+    # One shared stretch, taken from the clear dates, so clouds show as bright across dates.
+    rgb = series[:, [2, 1, 0]].astype(np.float32)  # B04, B03, B02
+    clear = sorted(kept) or list(range(num_total))
+    lo, hi = np.percentile(rgb[clear], [2, 98])
+    rgb = rgb[picks]
+    out = []
+    for j, t in enumerate(picks):
+        image = np.clip((rgb[j] - lo) / max(hi - lo, 1e-6), 0, 1).transpose(1, 2, 0)
+        status = "kept" if t in kept else "cloud: dropped"
+        colour = "darkgreen" if t in kept else "red"
+        out.append((f"S2 {dates[t]} ({status})", image, {"color": colour}))
+    return out

@@ -1,0 +1,217 @@
+"""RawSample -> Sample: the single preprocessing path for training and large-area maps.
+
+The Preprocessor is built once from a PreprocessConfig (all lookups of band indices and
+statistics happen there) and is then a pure function of its input.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from flairkit.config import CloudFilterConfig, ConfigError, ModalityConfig, PreprocessConfig
+from flairkit.data.sample import RawSample, Sample
+from flairkit.io.dates import day_offsets
+from flairkit.modalities import NORM_STATS, LABEL_MODALITIES, Modality, Task
+from flairkit.transforms.timeseries import cloud_filter, temporal_average
+
+log = logging.getLogger(__name__)
+
+#: Channel names the DEM modes produce (spec section 2.5).
+DEM_CHANNELS = {"stack": ("DSM", "HEIGHT"), "height": ("HEIGHT",), "raw": ("DSM", "DTM")}
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Resolved per-modality work: which bands, and the affine normalisation to apply."""
+
+    band_index: np.ndarray | None  # indices into the file's bands, None = all
+    channels: tuple[str, ...]
+    offset: np.ndarray | None  # (C,) subtract...
+    inv_scale: np.ndarray | None  # (C,) ...then multiply
+    scale_by_dtype: bool = False  # "scaling" without a scale: divide by the dtype's maximum
+
+
+def output_channels(modality: Modality, cfg: ModalityConfig, dem_mode: str = "stack") -> tuple[str, ...]:
+    """Names of the channels a modality feeds to the model, in order."""
+    if modality is Modality.DEM_ELEV:
+        return DEM_CHANNELS[dem_mode]
+    return cfg.bands if cfg.bands is not None else modality.spec.bands
+
+
+def _plan(modality: Modality, cfg: ModalityConfig, dem_mode: str) -> _Plan:
+    where = f"preprocess.inputs.{modality.value}"
+    spec = modality.spec
+    channels = output_channels(modality, cfg, dem_mode)
+    band_index = None
+    if modality is not Modality.DEM_ELEV and cfg.bands is not None:
+        unknown = [b for b in cfg.bands if b not in spec.bands]
+        if unknown:
+            raise ConfigError(f"{where}.bands: unknown band(s) {unknown}; valid: {list(spec.bands)}")
+        band_index = np.array([spec.bands.index(b) for b in cfg.bands])
+    offset = inv_scale = None
+    if cfg.norm == "custom":
+        mean, std = cfg.mean, cfg.std
+        stats = NORM_STATS.get(modality, {})
+        if mean is None or std is None:
+            missing = [c for c in channels if c not in stats]
+            if missing:
+                raise ConfigError(
+                    f"{where}: no published mean/std for {missing}; give mean and std, "
+                    "or use norm: scaling / none"
+                )
+        mean = mean if mean is not None else tuple(stats[c][0] for c in channels)
+        std = std if std is not None else tuple(stats[c][1] for c in channels)
+        if len(mean) != len(channels) or len(std) != len(channels):
+            raise ConfigError(
+                f"{where}: {len(mean)} means and {len(std)} stds for {len(channels)} channels {channels}"
+            )
+        if any(s <= 0 for s in std):
+            raise ConfigError(f"{where}.std: must be positive, got {std}")
+        offset = np.asarray(mean, np.float32)
+        inv_scale = 1.0 / np.asarray(std, np.float32)
+    elif cfg.norm == "scaling" and cfg.scale is not None:
+        if cfg.scale <= 0:
+            raise ConfigError(f"{where}.scale: must be positive, got {cfg.scale}")
+        offset = np.zeros(len(channels), np.float32)
+        inv_scale = np.full(len(channels), 1.0 / cfg.scale, np.float32)
+    if cfg.temporal_mean != "none" and not spec.is_time_series:
+        raise ConfigError(f"{where}.temporal_mean: only for time series")
+    scale_by_dtype = cfg.norm == "scaling" and cfg.scale is None
+    return _Plan(band_index, channels, offset, inv_scale, scale_by_dtype)
+
+
+def _dtype_max(dtype: np.dtype) -> float:
+    if dtype.kind in "ui":
+        return float(np.iinfo(dtype).max)
+    return 1.0
+
+
+class Preprocessor:
+    """Turn a RawSample into a model-ready Sample.
+
+    Steps per input: band selection, DEM height, S2 cloud filter, temporal mean, normalisation,
+    day offsets; per task: the label band (LPIS at the configured level) as class indices.
+
+    Args:
+        config: what to produce.
+
+    Raises:
+        ConfigError: unknown bands, missing statistics, inconsistent options.
+    """
+
+    def __init__(self, config: PreprocessConfig) -> None:
+        self.config = config
+        self._plans = {m: _plan(m, c, config.dem) for m, c in config.inputs.items()}
+
+    @property
+    def required_modalities(self) -> tuple[Modality, ...]:
+        """The files to read: inputs, the S2 mask when filtering clouds, and the labels."""
+        mods = list(self.config.inputs)
+        if Modality.SENTINEL2_TS in self.config.inputs and self.config.cloud_filter.enabled:
+            mods.append(Modality.SENTINEL2_MSK)
+        mods += [t.modality for t in self.config.tasks]
+        return tuple(mods)
+
+    def channels(self, modality: Modality) -> tuple[str, ...]:
+        """Channel names a modality feeds the model."""
+        return self._plans[modality].channels
+
+    def kept_dates(self, raw: RawSample) -> np.ndarray:
+        """Indices of the S2 dates the cloud filter keeps (all dates when it is off).
+
+        Raises:
+            ValueError: filtering is on but the sample has no S2 mask.
+        """
+        series = raw.arrays[Modality.SENTINEL2_TS]
+        cfg: CloudFilterConfig = self.config.cloud_filter
+        if not cfg.enabled:
+            return np.arange(series.shape[0])
+        mask = raw.arrays.get(Modality.SENTINEL2_MSK)
+        if mask is None:
+            raise ValueError(
+                f"{raw.patch_id}: S2 cloud filtering needs {Modality.SENTINEL2_MSK.value}; "
+                "read it or set cloud_filter.enabled: false"
+            )
+        if mask.shape[0] != series.shape[0]:
+            raise ValueError(
+                f"{raw.patch_id}: S2 has {series.shape[0]} dates but its mask has {mask.shape[0]}"
+            )
+        return cloud_filter(
+            mask, cfg.max_cloud, cfg.max_snow, cfg.max_cover_fraction, cfg.fallback_num_dates
+        )
+
+    def __call__(self, raw: RawSample) -> Sample:
+        """Preprocess one sample."""
+        inputs: dict[Modality, torch.Tensor] = {}
+        dates: dict[Modality, torch.Tensor] = {}
+        for modality, cfg in self.config.inputs.items():
+            data = raw.arrays.get(modality)
+            if data is None:
+                raise ValueError(f"{raw.patch_id}: {modality.value} was not read")
+            plan = self._plans[modality]
+            if modality.spec.is_time_series:
+                when = raw.dates[modality]
+                if modality is Modality.SENTINEL2_TS:
+                    keep = self.kept_dates(raw)
+                    data, when = data[keep], when[keep]
+                if cfg.temporal_mean != "none":
+                    values, offsets = temporal_average(
+                        data, when, cfg.temporal_mean, self.config.reference_date
+                    )
+                else:
+                    values = data
+                    offsets = day_offsets(when, self.config.reference_date)
+                if plan.band_index is not None:
+                    values = values[:, plan.band_index]
+                inputs[modality] = torch.from_numpy(self._normalise(values, plan, axis=1))
+                dates[modality] = torch.from_numpy(offsets)
+            else:
+                if modality is Modality.DEM_ELEV:
+                    data = self._dem(data)
+                elif plan.band_index is not None:
+                    data = data[plan.band_index]
+                inputs[modality] = torch.from_numpy(self._normalise(data, plan, axis=0))
+        labels = {task: torch.from_numpy(self._label(raw, task)) for task in self.config.tasks}
+        bounds, crs = self._footprint(raw)
+        return Sample(raw.patch_id, inputs, dates, labels, bounds, crs)
+
+    def _dem(self, dem: np.ndarray) -> np.ndarray:
+        dsm, dtm = dem[0].astype(np.float32), dem[1].astype(np.float32)
+        mode = self.config.dem
+        if mode == "raw":
+            return np.stack([dsm, dtm])
+        height = dsm - dtm
+        return np.stack([dsm, height]) if mode == "stack" else height[None]
+
+    @staticmethod
+    def _normalise(values: np.ndarray, plan: _Plan, axis: int) -> np.ndarray:
+        out = np.array(values, dtype=np.float32, copy=True)
+        if plan.scale_by_dtype:
+            out *= np.float32(1.0 / _dtype_max(values.dtype))
+            return out
+        if plan.offset is None or plan.inv_scale is None:
+            return out
+        shape = [1] * out.ndim
+        shape[axis] = -1
+        out -= plan.offset.reshape(shape)
+        out *= plan.inv_scale.reshape(shape)
+        return out
+
+    def _label(self, raw: RawSample, task: Task) -> np.ndarray:
+        data = raw.arrays.get(task.modality)
+        if data is None:
+            raise ValueError(f"{raw.patch_id}: {task.modality.value} was not read")
+        band = self.config.lpis_level - 1 if task is Task.LPIS else 0
+        return np.ascontiguousarray(data[band])
+
+    @staticmethod
+    def _footprint(raw: RawSample) -> tuple[tuple[float, float, float, float] | None, str | None]:
+        for m in (*LABEL_MODALITIES, *raw.georefs):
+            if m in raw.georefs:
+                g = raw.georefs[m]
+                return g.bounds, g.crs
+        return None, None
