@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import re
 from collections import defaultdict
@@ -96,15 +97,15 @@ class FileInfo:
 def file_info(dataset: SynthSummary) -> dict[tuple[str, Modality], FileInfo]:
     """Header of every raster, opened once for all the tests that need it."""
     info = {}
-    for patch_id in dataset.all_patch_ids:
-        for m in Modality:
+    with rasterio.Env():
+        for patch_id, m in itertools.product(dataset.all_patch_ids, Modality):
             with rasterio.open(patch_path(dataset.root, patch_id, m)) as src:
                 info[patch_id, m] = FileInfo(
                     count=src.count,
                     shape=(src.height, src.width),
                     dtypes=frozenset(src.dtypes),
                     compression=src.compression.value if src.compression else None,
-                    is_tiled=bool(src.profile.get("tiled", False)),
+                    is_tiled=src.block_shapes[0][1] != src.width,  # strips span the width
                     crs=src.crs.to_string(),
                     transform=src.transform,
                     bounds=tuple(src.bounds),
@@ -397,9 +398,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
     assert first.patch_ids == second.patch_ids
     assert file_digests(first.root) == file_digests(second.root)
     for name in (*TS_DATES_GPKG.values(), *SINGLE_DATE_GPKGS.values(), SPLIT_GPKG):
-        pd.testing.assert_frame_equal(
-            read_gpkg(first.root, name), read_gpkg(second.root, name)
-        )
+        pd.testing.assert_frame_equal(read_gpkg(first.root, name), read_gpkg(second.root, name))
     for name in CSV_NAMES.values():
         assert (first.root / CSV_DIR / name).read_text() == (
             second.root / CSV_DIR / name

@@ -512,9 +512,7 @@ def _unique_roi_names(rng: np.random.Generator, count: int) -> list[str]:
     return names
 
 
-def _plan_roi(
-    seed: int, dy: _DomainYear, roi: str, min_dates: int, max_dates: int
-) -> _RoiPlan:
+def _plan_roi(seed: int, dy: _DomainYear, roi: str, min_dates: int, max_dates: int) -> _RoiPlan:
     rng = _rng(seed, dy.name, roi, "plan")
     origin = (
         float(rng.integers(*_ROI_ORIGIN_X_M)),
@@ -788,7 +786,9 @@ def _class_fractions(spectral: np.ndarray, sentinel_px: int) -> tuple[np.ndarray
     """Classes present and their area fraction in each Sentinel pixel, (K,) and (K, S, S)."""
     classes = np.unique(spectral)
     weights = _area_matrix(spectral.shape[0], sentinel_px)
-    fractions = np.stack([weights @ (spectral == k).astype(np.float32) @ weights.T for k in classes])
+    fractions = np.stack(
+        [weights @ (spectral == k).astype(np.float32) @ weights.T for k in classes]
+    )
     return classes, fractions
 
 
@@ -1010,9 +1010,7 @@ def _write_metadata(
         dates = [p.single_dates[modality] for p in ref_plans]
         _write_gpkg(meta_dir / gpkg, {"patch_id": ids, "date": dates}, refs)
         num_files += 1
-    split_columns = {"patch_id": ids} | {
-        c: [splits[pid][c] for pid in ids] for c in SPLIT_COLUMNS
-    }
+    split_columns = {"patch_id": ids} | {c: [splits[pid][c] for pid in ids] for c in SPLIT_COLUMNS}
     _write_gpkg(meta_dir / SPLIT_GPKG, split_columns, refs)
     return num_files + 1
 

@@ -45,7 +45,7 @@ class Sample:
         patch_id: official patch id.
         inputs: per input modality, float32 ``(C, H, W)`` or ``(T, C, H, W)``.
         dates: per time-series input, float32 day offsets from the reference date, ``(T,)``.
-        labels: per task, integer class indices ``(H, W)`` (uint8 on disk, kept compact).
+        labels: per task, class indices ``(H, W)``: uint8 (as on disk), int64 for wider files.
         bounds: (left, bottom, right, top) of the patch footprint.
         crs: CRS of the footprint.
     """
@@ -66,7 +66,8 @@ class Batch:
         inputs: ``(B, C, H, W)`` or ``(B, T, C, H, W)`` float32 per input modality.
         dates: ``(B, T)`` float32 day offsets per time-series input (0 where padded).
         pad_masks: ``(B, T)`` bool per time-series input, True where the date is padding.
-        labels: ``(B, H, W)`` int64 class indices per task.
+        labels: ``(B, H, W)`` class indices per task, uint8 as on disk (a quarter of the
+            memory and transfer of int64; losses cast on the device), int64 for wider files.
         patch_ids: one id per sample.
         bounds: one footprint per sample.
         crs: one CRS per sample.
@@ -161,7 +162,7 @@ def collate(samples: Sequence[Sample]) -> Batch:
             )
         else:
             inputs[m] = torch.stack([s.inputs[m] for s in samples])
-    labels = {t: torch.stack([s.labels[t] for s in samples]).long() for t in first.labels}
+    labels = {t: torch.stack([s.labels[t] for s in samples]) for t in first.labels}
     return Batch(
         inputs,
         dates,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,13 +275,19 @@ def read_patch(
     ref: PatchRef,
     modalities: Iterable[Modality],
     dates: DatesIndex | None = None,
+    num_threads: int | None = None,
 ) -> RawSample:
     """Read the requested modalities of one patch at their native resolution.
+
+    The files of a patch are read concurrently by a small thread pool: GDAL releases the GIL
+    while it opens and decodes, so a loader with 0 workers still uses several cores, and on
+    network storage the requests overlap.
 
     Args:
         ref: the patch.
         modalities: which files to read (inputs, S2 mask, labels).
         dates: acquisition-date tables; required when a time series is requested.
+        num_threads: reader threads; default ``FLAIRKIT_READ_THREADS`` or 4. 1 reads serially.
 
     Returns:
         A RawSample in native dtype and on-disk band order.
@@ -289,28 +296,50 @@ def read_patch(
         DataError: a file is missing or invalid, dates are missing or disagree with the band
             count, or the files do not cover the same footprint.
     """
-    arrays: dict[Modality, np.ndarray] = {}
-    georefs: dict[Modality, Georef] = {}
-    sample_dates: dict[Modality, np.ndarray] = {}
-    for modality in modalities:
-        path = ref.path(modality)
-        if modality not in ref.modalities and not path.is_file():
-            raise DataError(f"{path}: {modality.value} file is missing for patch {ref.patch_id}")
-        data, georef = read_geotiff(path, modality)
-        if modality.spec.is_time_series:
-            if dates is None:
-                raise ValueError(f"reading {modality.value} needs a DatesIndex")
-            when = dates.dates(modality, ref.patch_id)
-            if len(when) != data.shape[0]:
-                raise DataError(
-                    f"{path}: {data.shape[0]} dates in the file but {len(when)} in "
-                    f"{dates.gpkg_path(modality)} for {ref.patch_id}"
-                )
-            sample_dates[modality] = when
-        arrays[modality] = data
-        georefs[modality] = georef
+    modalities = list(modalities)
+    if dates is None and any(m.spec.is_time_series for m in modalities):
+        raise ValueError(f"reading {[m.value for m in modalities]} needs a DatesIndex")
+    threads = num_threads if num_threads is not None else _default_threads()
+    if threads > 1 and len(modalities) > 1:
+        results = list(_executor(threads).map(lambda m: _read_one(ref, m, dates), modalities))
+    else:
+        results = [_read_one(ref, m, dates) for m in modalities]
+    arrays = {m: r[0] for m, r in zip(modalities, results, strict=True)}
+    georefs = {m: r[1] for m, r in zip(modalities, results, strict=True)}
+    sample_dates = {m: r[2] for m, r in zip(modalities, results, strict=True) if r[2] is not None}
     _check_footprints(ref, georefs)
     return RawSample(ref.patch_id, arrays, sample_dates, georefs)
+
+
+def _read_one(
+    ref: PatchRef, modality: Modality, dates: DatesIndex | None
+) -> tuple[np.ndarray, Georef, np.ndarray | None]:
+    path = ref.path(modality)
+    data, georef = read_geotiff(path, modality)
+    when = None
+    if modality.spec.is_time_series and dates is not None:
+        when = dates.dates(modality, ref.patch_id)
+        if len(when) != data.shape[0]:
+            raise DataError(
+                f"{path}: {data.shape[0]} dates in the file but {len(when)} in "
+                f"{dates.gpkg_path(modality)} for {ref.patch_id}"
+            )
+    return data, georef, when
+
+
+def _default_threads() -> int:
+    return max(1, int(os.environ.get("FLAIRKIT_READ_THREADS", "4")))
+
+
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, size, pool)
+
+
+def _executor(size: int) -> ThreadPoolExecutor:
+    """A process-wide reader pool, recreated after a fork (threads do not survive one)."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid() or _POOL[1] != size:
+        _POOL = (os.getpid(), size, ThreadPoolExecutor(size, thread_name_prefix="flairkit-read"))
+    return _POOL[2]
 
 
 def _check_footprints(ref: PatchRef, georefs: Mapping[Modality, Georef]) -> None:

@@ -206,7 +206,9 @@ class Preprocessor:
         if data is None:
             raise ValueError(f"{raw.patch_id}: {task.modality.value} was not read")
         band = self.config.lpis_level - 1 if task is Task.LPIS else 0
-        return np.ascontiguousarray(data[band])
+        label = np.ascontiguousarray(data[band])
+        # torch has no full uint16/uint32 support: anything wider than uint8 becomes int64.
+        return label if label.dtype == np.uint8 else label.astype(np.int64)
 
     @staticmethod
     def _footprint(raw: RawSample) -> tuple[tuple[float, float, float, float] | None, str | None]:

@@ -1,0 +1,157 @@
+"""Loading throughput: flairkit's PatchDataset against reading the same files with rasterio alone.
+
+Prints one JSON line. Generates a synthetic set at the real sizes (aerial 512 px, ~90 dates per
+Sentinel series) unless --root is given, then measures, for
+  (a) aerial + COSIA, and
+  (b) all seven inputs + S2 masks + COSIA + LPIS,
+samples/s and peak RSS through a DataLoader with 0 and 2 workers, and the rate of
+`rasterio.open(path).read()` on the same files with no processing (the "ceiling").
+Each configuration runs in a fresh subprocess so its peak RSS is its own.
+
+Usage: python bench/loading.py [--root DIR] [--passes 3] [--workers 0 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CONFIGS = {
+    "aerial_cosia": {"inputs": ["AERIAL_RGBI"], "tasks": ["AERIAL_LABEL-COSIA"]},
+    "all": {
+        "inputs": [
+            "AERIAL_RGBI",
+            "AERIAL-RLT_PAN",
+            "DEM_ELEV",
+            "SPOT_RGBI",
+            "SENTINEL2_TS",
+            "SENTINEL1-ASC_TS",
+            "SENTINEL1-DESC_TS",
+        ],
+        "tasks": ["AERIAL_LABEL-COSIA", "ALL_LABEL-LPIS"],
+    },
+}
+
+
+def _peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024  # Linux: kilobytes
+
+
+def _build(root: Path, config: dict):
+    from flairkit.config import preprocess_config_for
+    from flairkit.data.datasets import PatchDataset
+    from flairkit.io.catalog import Catalog
+    from flairkit.io.dates import DatesIndex
+    from flairkit.modalities import Modality, Task
+    from flairkit.transforms.preprocess import Preprocessor
+
+    catalog = Catalog.scan(root)
+    inputs = [Modality(m) for m in config["inputs"]]
+    tasks = tuple(Task(t) for t in config["tasks"])
+    preprocess = Preprocessor(preprocess_config_for(inputs, tasks))
+    dates = None
+    if any(m.spec.is_time_series for m in inputs):
+        dates = DatesIndex(root).load(preprocess.required_modalities)
+    return catalog, PatchDataset(catalog.refs, preprocess, dates)
+
+
+def run_one(root: Path, name: str, mode: str, workers: int, passes: int) -> dict:
+    """Measure one configuration in this process."""
+    import rasterio
+    from torch.utils.data import DataLoader
+
+    from flairkit.data.sample import collate
+
+    catalog, dataset = _build(root, CONFIGS[name])
+    n = len(dataset)
+    if mode == "rasterio":
+        paths = [ref.path(m) for ref in catalog.refs for m in dataset.modalities]
+        for p in paths:  # warm the page cache exactly as the flairkit run does
+            with rasterio.open(p) as src:
+                src.read()
+        start = time.perf_counter()
+        for _ in range(passes):
+            for p in paths:
+                with rasterio.open(p) as src:
+                    src.read()
+        seconds = time.perf_counter() - start
+    else:
+        loader = DataLoader(
+            dataset,
+            batch_size=4,
+            num_workers=workers,
+            collate_fn=collate,
+            persistent_workers=workers > 0,
+        )
+        for _ in loader:  # warm-up pass: page cache, worker start-up
+            pass
+        start = time.perf_counter()
+        for _ in range(passes):
+            for _batch in loader:
+                pass
+        seconds = time.perf_counter() - start
+    return {
+        "samples_per_s": round(n * passes / seconds, 2),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "peak_rss_workers_mb": round(_peak_rss_mb(resource.RUSAGE_CHILDREN), 1) if workers else 0.0,
+        "num_patches": n,
+    }
+
+
+def _make_root(tmp: Path, seed: int) -> Path:
+    from flairkit.synth import make_synthetic_flairhub
+
+    root = tmp / "flairhub"
+    make_synthetic_flairhub(
+        root,
+        seed=seed,
+        aerial_px=512,
+        domains=["D006-2020", "D012-2019"],
+        num_rois=2,
+        patches_per_roi=(2, 3),
+        min_dates=80,
+        max_dates=100,
+    )
+    return root
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, help="existing dataset root (default: generate one)")
+    parser.add_argument("--passes", type=int, default=3, help="timed passes over the set")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--one", nargs=3, metavar=("CONFIG", "MODE", "WORKERS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        name, mode, workers = args.one
+        print(json.dumps(run_one(args.root, name, mode, int(workers), args.passes)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.root or _make_root(Path(tmp), seed=0)
+        result: dict = {"bench": "loading", "passes": args.passes}
+        for name in CONFIGS:
+            runs = [("rasterio", 0)] + [("flairkit", w) for w in args.workers]
+            entry: dict = {}
+            for mode, workers in runs:
+                cmd = [sys.executable, __file__, "--root", str(root), "--passes", str(args.passes)]
+                out = subprocess.run(
+                    [*cmd, "--one", name, mode, str(workers)], check=True, capture_output=True, text=True
+                )
+                key = "rasterio_alone" if mode == "rasterio" else f"flairkit_{workers}_workers"
+                entry[key] = json.loads(out.stdout.strip().splitlines()[-1])
+            ceiling = entry["rasterio_alone"]["samples_per_s"]
+            for key, value in entry.items():
+                if key != "rasterio_alone":
+                    value["ratio_to_rasterio_alone"] = round(value["samples_per_s"] / ceiling, 3)
+            result[name] = entry
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Shared fixtures: a tiny synthetic FLAIR-HUB written once per test session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from flairkit.synth import SynthSummary, make_synthetic_flairhub  # noqa: E402
+
+#: Small but complete: 2 train/val + 2 test domain-years, 2 ROIs each, 2x2 patches per ROI.
+SYNTH_KWARGS = dict(seed=0, aerial_px=64, num_rois=2, patches_per_roi=(2, 2), min_dates=4, max_dates=9)
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> SynthSummary:
+    """The summary of a synthetic dataset (read-only: copy it before damaging files)."""
+    root = tmp_path_factory.mktemp("flairhub")
+    return make_synthetic_flairhub(root, **SYNTH_KWARGS)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(synthetic: SynthSummary) -> Path:
+    """Root folder of the session's synthetic dataset (read-only)."""
+    return Path(synthetic.root)
