@@ -8,6 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pyogrio
 import pytest
 
@@ -47,7 +48,9 @@ def rebase_rows(rows: list[dict[str, str]], old_dir: Path, new_dir: Path) -> lis
         new = {"patch_id": row["patch_id"]}
         for key, cell in row.items():
             if key != "patch_id":
-                new[key] = os.path.relpath(os.path.normpath(old_dir / cell), new_dir) if cell else ""
+                new[key] = (
+                    os.path.relpath(os.path.normpath(old_dir / cell), new_dir) if cell else ""
+                )
         out.append(new)
     return out
 
@@ -60,7 +63,9 @@ def scanned(synthetic_root: Path) -> Catalog:
 # -- scan vs CSV --------------------------------------------------------------------------
 
 
-def test_scan_finds_every_patch_with_all_modalities(scanned: Catalog, synthetic: SynthSummary) -> None:
+def test_scan_finds_every_patch_with_all_modalities(
+    scanned: Catalog, synthetic: SynthSummary
+) -> None:
     assert [r.patch_id for r in scanned] == sorted(synthetic.all_patch_ids)
     assert len(scanned) == 32
     for ref in scanned:
@@ -127,6 +132,28 @@ def test_empty_cells_mean_missing_modality(synthetic_root: Path, tmp_path: Path)
     assert missing["DEM_ELEV"]["count"] == 1
     assert set(missing) == {"SPOT_RGBI", "SENTINEL1-DESC_TS", "DEM_ELEV"}
     assert len(catalog.filter(modalities=[Modality.SPOT_RGBI])) == len(rows) - 1
+
+
+def test_csv_paths_outside_the_layout(synthetic_root: Path, tmp_path: Path) -> None:
+    """Cells may point anywhere (absolute paths, any file names): those paths are used as is."""
+    ref = Catalog.scan(synthetic_root).refs[0]
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    row = {"patch_id": ref.patch_id}
+    for m in Modality:
+        target = flat / f"{m.name.lower()}.tif"
+        shutil.copyfile(ref.path(m), target)
+        row[m.value] = str(target)
+    catalog = Catalog.from_csv([write_rows(tmp_path / "lists" / "TRAIN.csv", [row], ";")])
+    listed = catalog.get(ref.patch_id)
+    assert listed.modalities == ALL_MODALITIES
+    for m in Modality:
+        assert listed.path(m) == flat / f"{m.name.lower()}.tif"
+    mods = [Modality.AERIAL_RGBI, Modality.SENTINEL2_TS, Modality.COSIA]
+    moved = read_patch(listed, mods, DatesIndex(synthetic_root))
+    original = read_patch(ref, mods, DatesIndex(synthetic_root))
+    for m in mods:
+        np.testing.assert_array_equal(moved.arrays[m], original.arrays[m])
 
 
 def test_csv_listing_a_patch_twice_is_an_error(synthetic_root: Path, tmp_path: Path) -> None:

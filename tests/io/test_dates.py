@@ -46,7 +46,9 @@ def test_keys_from_zero() -> None:
 def test_keys_in_numeric_not_text_order() -> None:
     """Band order follows the integer value of the key: "10" comes after "9", not after "1"."""
     values = {str(k): f"2021{k:02d}01" for k in range(1, 13)}  # key k -> 1st of month k
-    shuffled = {k: values[k] for k in ["10", "9", "1", "12", "2", "11", "3", "4", "5", "6", "7", "8"]}
+    shuffled = {
+        k: values[k] for k in ["10", "9", "1", "12", "2", "11", "3", "4", "5", "6", "7", "8"]
+    }
     text = json.dumps(shuffled)
     expected = np.array([f"2021-{k:02d}-01" for k in range(1, 13)], dtype="datetime64[D]")
     np.testing.assert_array_equal(parse_acquisition_dates(text), expected)

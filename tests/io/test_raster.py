@@ -27,6 +27,8 @@ LAYOUTS = {
     "band-deflate-pred2": {"interleave": "band", "compress": "deflate", "predictor": 2},
     "pixel-deflate-pred2": {"interleave": "pixel", "compress": "deflate", "predictor": 2},
     "band-tiled16": {"interleave": "band", "tiled": True, "blockxsize": 16, "blockysize": 16},
+    "band-zstd": {"interleave": "band", "compress": "zstd"},
+    "pixel-bigtiff-lzw": {"interleave": "pixel", "compress": "lzw", "bigtiff": "YES"},
     "pixel-tiled16-deflate": {
         "interleave": "pixel",
         "tiled": True,
@@ -223,3 +225,44 @@ def test_wrong_band_count(
 def test_wrong_dtype(tmp_path: Path, modality: Modality, bands: int, dtype: str) -> None:
     path = write_tif(tmp_path / "dtype.tif", np.ones((bands, 10, 10), dtype))
     assert_data_error(path, modality, f"dtype {dtype}")
+
+
+# -- georeference edge cases: the fast time-series path must agree with GDAL ----------------
+
+
+def georef_variant(path: Path, variant: str) -> Path:
+    rng = np.random.default_rng(5)
+    array = random_bands(rng, 3 * 10, 10, "uint16")
+    if variant == "no-crs":
+        profile = {"crs": None}
+    elif variant == "wkt-crs":  # a Lambert-93 look-alike without an EPSG code
+        profile = {
+            "crs": CRS.from_proj4(
+                "+proj=lcc +lat_1=49.5 +lat_2=44.5 +lat_0=46 +lon_0=3.5"
+                " +x_0=700000 +y_0=6600000 +ellps=GRS80 +units=m"
+            )
+        }
+    elif variant == "geographic":
+        profile = {"crs": CRS.from_epsg(4326), "transform": Affine(0.001, 0, 2.0, 0, -0.001, 47.0)}
+    else:
+        profile = {}
+    write_tif(path, array, **profile)
+    if variant == "pixel-is-point":
+        with rasterio.open(path, "r+") as dst:
+            dst.update_tags(AREA_OR_POINT="Point")
+    return path
+
+
+@pytest.mark.parametrize("variant", ["plain", "no-crs", "wkt-crs", "geographic", "pixel-is-point"])
+def test_time_series_georef_matches_gdal(tmp_path: Path, variant: str) -> None:
+    path = georef_variant(tmp_path / "s2.tif", variant)
+    data, georef = read_geotiff(path, Modality.SENTINEL2_TS)
+    with rasterio.open(path) as src:
+        expected = src.read().reshape(3, 10, 10, 10)
+        assert georef.transform == pytest.approx(tuple(src.transform)[:6], abs=1e-9)
+        assert georef.bounds == pytest.approx(tuple(src.bounds), abs=1e-9)
+        if src.crs is None:
+            assert georef.crs is None
+        else:
+            assert CRS.from_user_input(georef.crs) == src.crs
+    np.testing.assert_array_equal(data, expected)

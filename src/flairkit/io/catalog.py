@@ -67,7 +67,8 @@ class Catalog:
         Args:
             root: dataset root.
             split: a split method (module docstring); ``auto`` = ``split_1`` from the split
-                GeoPackage when it exists, else ``card``; ``None`` leaves splits unset.
+                GeoPackage when it exists (``split_toy`` if that is its only official
+                column), else ``card``; ``None`` leaves splits unset.
             progress: progress bar while scanning.
         """
         catalog = cls(tuple(scan_root(root, progress)), Path(root))
@@ -108,8 +109,7 @@ class Catalog:
             ValueError: unknown method.
         """
         if method == "auto":
-            gpkg = self.split_gpkg_path
-            method = "split_1" if gpkg is not None and gpkg.is_file() else "card"
+            method = self._auto_split_method()
         if method == "csv":
             return self
         if method == "card":
@@ -139,6 +139,26 @@ class Catalog:
             ),
             self.root,
         )
+
+    def _auto_split_method(self) -> str:
+        """``split_1`` if the split GeoPackage has it, else ``split_toy``, else ``card``.
+
+        The toy archive's split table holds ``split_toy`` (spec section 1.5), possibly alone.
+        """
+        gpkg = self.split_gpkg_path
+        if gpkg is None or not gpkg.is_file():
+            return "card"
+        import pyogrio
+
+        try:
+            fields = set(pyogrio.read_info(gpkg)["fields"])
+        except Exception as exc:
+            raise DataError(f"{gpkg}: cannot read split table ({exc})") from exc
+        for column in ("split_1", "split_toy"):
+            if column in fields:
+                return column
+        log.warning("%s has neither split_1 nor split_toy; using the card split", gpkg)
+        return "card"
 
     @property
     def split_gpkg_path(self) -> Path | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -113,6 +114,7 @@ class DatesIndex:
         self.metadata_dir = Path(metadata_dir)
         self.patch_ids = frozenset(patch_ids) if patch_ids is not None else None
         self._tables: dict[str, dict[str, str]] = {}
+        self._lock = threading.Lock()  # read_patch reads S2 and its mask in parallel threads
 
     def gpkg_path(self, modality: Modality) -> Path:
         """The GeoPackage holding a time-series modality's dates."""
@@ -131,26 +133,42 @@ class DatesIndex:
     def _table(self, modality: Modality) -> dict[str, str]:
         path = self.gpkg_path(modality)
         key = path.name
-        if key not in self._tables:
-            if not path.is_file():
-                raise DataError(f"{path}: dates GeoPackage is missing (needed for {modality.value})")
-            try:
-                frame = pyogrio.read_dataframe(
-                    path, columns=["patch_id", "acquisition_dates"], read_geometry=False
-                )
-            except Exception as exc:  # pyogrio raises several types for bad files
-                raise DataError(f"{path}: cannot read dates table ({exc})") from exc
-            for column in ("patch_id", "acquisition_dates"):
-                if column not in frame.columns:
-                    raise DataError(f"{path}: column {column!r} is missing")
-            ids = frame["patch_id"].astype(str).to_numpy()
-            texts = frame["acquisition_dates"].to_numpy()
-            if self.patch_ids is not None:
-                keep = np.fromiter((i in self.patch_ids for i in ids), bool, len(ids))
-                ids, texts = ids[keep], texts[keep]
-            self._tables[key] = dict(zip(ids.tolist(), texts.tolist(), strict=True))
-            log.debug("read %d date rows from %s", len(ids), path)
+        if key in self._tables:
+            return self._tables[key]
+        with self._lock:
+            if key not in self._tables:
+                self._tables[key] = self._read_table(path, modality)
         return self._tables[key]
+
+    def _read_table(self, path: Path, modality: Modality) -> dict[str, str]:
+        if not path.is_file():
+            raise DataError(f"{path}: dates GeoPackage is missing (needed for {modality.value})")
+        try:
+            frame = pyogrio.read_dataframe(
+                path, columns=["patch_id", "acquisition_dates"], read_geometry=False
+            )
+        except Exception as exc:  # pyogrio raises several types for bad files
+            raise DataError(f"{path}: cannot read dates table ({exc})") from exc
+        for column in ("patch_id", "acquisition_dates"):
+            if column not in frame.columns:
+                raise DataError(f"{path}: column {column!r} is missing")
+        ids = frame["patch_id"].astype(str).to_numpy()
+        texts = frame["acquisition_dates"].to_numpy()
+        if self.patch_ids is not None:
+            keep = np.fromiter((i in self.patch_ids for i in ids), bool, len(ids))
+            ids, texts = ids[keep], texts[keep]
+        log.debug("read %d date rows from %s", len(ids), path)
+        return dict(zip(ids.tolist(), texts.tolist(), strict=True))
+
+    def __getstate__(self) -> dict:
+        # Locks do not pickle (DataLoader workers under "spawn"); each process gets its own.
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def dates(self, modality: Modality, patch_id: str) -> np.ndarray:
         """Acquisition dates of a patch for a time-series modality, in band order.

@@ -30,6 +30,7 @@ _TAG_PIXEL_SCALE = 33550
 _TAG_TIEPOINT = 33922
 _TAG_TRANSFORMATION = 34264
 _TAG_GEOKEYS = 34735
+_KEY_MODEL_TYPE = 1024  # 1 = projected, 2 = geographic
 _KEY_RASTER_TYPE = 1025  # 1 = PixelIsArea, 2 = PixelIsPoint
 _KEY_GEOGRAPHIC_TYPE = 2048
 _KEY_PROJECTED_TYPE = 3072
@@ -92,7 +93,13 @@ def _tifffile_georef(page: tifffile.TiffPage, width: int, height: int) -> Georef
     geokeys = _parse_geokeys(keys.value)
     if geokeys.get(_KEY_RASTER_TYPE, 1) != 1:
         return None  # PixelIsPoint: GDAL applies a half-pixel shift; let it.
-    code = geokeys.get(_KEY_PROJECTED_TYPE) or geokeys.get(_KEY_GEOGRAPHIC_TYPE)
+    model_type = geokeys.get(_KEY_MODEL_TYPE)
+    if model_type == 1:
+        code = geokeys.get(_KEY_PROJECTED_TYPE)
+    elif model_type == 2:
+        code = geokeys.get(_KEY_GEOGRAPHIC_TYPE)
+    else:
+        return None
     if not code or code == _USER_DEFINED:
         return None
     if (matrix := tags.get(_TAG_TRANSFORMATION)) is not None:

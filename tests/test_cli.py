@@ -1,0 +1,122 @@
+"""The flairkit command, run in-process: exit codes, printed JSON and written files."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from flairkit.cli import main
+from flairkit.io.catalog import Catalog
+from flairkit.modalities import Modality
+from flairkit.synth import SynthSummary
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def run_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict:
+    code = main(argv)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    return json.loads(out)
+
+
+def test_info_json_counts(synthetic: SynthSummary, capsys: pytest.CaptureFixture[str]) -> None:
+    summary = run_json(capsys, ["info", str(synthetic.root), "--json"])
+    assert summary["num_patches"] == 32
+    assert summary["num_domains"] == 4
+    assert summary["patches_per_split"] == {
+        split: len(ids) for split, ids in sorted(synthetic.patch_ids.items())
+    }
+    assert summary["patches_per_split"] == {"test": 16, "train": 12, "val": 4}
+    assert summary["files_per_modality"] == {m.value: 32 for m in Modality}
+    assert summary["missing_files"] == {}
+    assert set(summary["patches_per_domain"]) == set(synthetic.domains)
+
+
+def test_info_filters_and_text(synthetic: SynthSummary, capsys: pytest.CaptureFixture[str]) -> None:
+    summary = run_json(
+        capsys, ["info", str(synthetic.root), "--json", "--departments", "D006", "--split", "card"]
+    )
+    assert summary["num_patches"] == 8
+    assert list(summary["patches_per_domain"]) == ["D006-2020"]
+    csv_summary = run_json(capsys, ["info", str(synthetic.root / "csv"), "--json"])
+    assert csv_summary["num_patches"] == 32
+    assert csv_summary["patches_per_split"] == {"test": 16, "train": 12, "val": 4}
+    assert main(["info", str(synthetic.root)]) == 0
+    text = capsys.readouterr().out
+    assert "32 patches in 4 domain-years" in text
+    assert "missing files: none" in text
+
+
+def test_show_json_and_png(
+    synthetic: SynthSummary, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    patch_id = synthetic.patch_ids["train"][0]
+    png = tmp_path / "figures" / "patch.png"
+    desc = run_json(capsys, ["show", str(synthetic.root), patch_id, "--json", "--png", str(png)])
+    assert png.is_file() and png.stat().st_size > 1000
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    assert desc["patch_id"] == patch_id
+    assert desc["png"] == str(png)
+    assert set(desc["modalities"]) == {m.value for m in Modality}
+    aerial = desc["modalities"]["AERIAL_RGBI"]
+    assert aerial["shape"] == [4, 64, 64] and aerial["dtype"] == "uint8"
+    assert aerial["crs"] == "EPSG:2154"
+    assert aerial["gsd_m"] == pytest.approx(102.4 / 64)
+    s2 = desc["modalities"]["SENTINEL2_TS"]
+    num_dates = s2["shape"][0]
+    assert s2["shape"][1:] == [10, 2, 2]
+    assert len(s2["dates"]) == num_dates and all(ISO_DATE.match(d) for d in s2["dates"])
+    assert s2["dates"] == sorted(s2["dates"])
+    kept, dropped = s2["cloud_filter"]["kept"], s2["cloud_filter"]["dropped"]
+    assert sorted(kept + dropped) == s2["dates"]
+    assert not set(kept) & set(dropped)
+    assert kept  # the generator keeps a few clear dates per ROI
+    fractions = s2["cloud_filter"]["clear_fraction"]
+    assert [d for d, f in zip(s2["dates"], fractions, strict=True) if f >= 0.95] == kept
+    s1 = desc["modalities"]["SENTINEL1-ASC_TS"]
+    assert all(ISO_DATE.match(d) for d in s1["dates"]) and "cloud_filter" not in s1
+
+
+def test_show_text_default_patch(
+    synthetic: SynthSummary, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["show", str(synthetic.root), "--modalities", "S2", "S2MASK", "AERIAL"]) == 0
+    text = capsys.readouterr().out
+    first = Catalog.scan(synthetic.root, split=None).refs[0].patch_id
+    assert text.startswith(f"patch {first}")
+    assert "cloud filter keeps" in text
+    assert "DEM_ELEV" not in text
+
+
+def test_show_unknown_patch(synthetic: SynthSummary, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["show", str(synthetic.root), "D006-2020_ZZ-S1-0_9-9"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "D006-2020_ZZ-S1-0_9-9" in err
+    assert "unknown patch id" in err
+
+
+def test_info_on_a_folder_that_is_not_a_dataset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["info", str(tmp_path)]) == 2
+    assert str(tmp_path) in capsys.readouterr().err
+
+
+def test_synth_then_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "made"
+    assert main(["synth", str(out), "--aerial-px", "64", "--rois", "1"]) == 0
+    message = capsys.readouterr().out
+    assert str(out) in message
+    summary = run_json(capsys, ["info", str(out), "--json"])
+    # Default: 4 domain-years, 1 ROI each, 2 x 2 patches per ROI.
+    assert summary["num_patches"] == 16
+    assert summary["num_domains"] == 4
+    assert summary["files_per_modality"] == {m.value: 16 for m in Modality}
+    assert summary["patches_per_split"]["test"] == 8
+    assert (out / "GLOBAL_ALL_MTD" / "GLOBAL_ALL_MTD_SPLIT.gpkg").is_file()
