@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 from flairkit.data.sample import RawSample
 from flairkit.io.dates import DatesIndex
 from flairkit.io.raster import DataError, Georef, read_geotiff
+from flairkit.io.threads import default_num_threads, thread_pool
 from flairkit.modalities import HISTORICAL_YEAR, Modality
 
 log = logging.getLogger(__name__)
@@ -299,9 +299,9 @@ def read_patch(
     modalities = list(modalities)
     if dates is None and any(m.spec.is_time_series for m in modalities):
         raise ValueError(f"reading {[m.value for m in modalities]} needs a DatesIndex")
-    threads = num_threads if num_threads is not None else _default_threads()
+    threads = num_threads if num_threads is not None else default_num_threads()
     if threads > 1 and len(modalities) > 1:
-        results = list(_executor(threads).map(lambda m: _read_one(ref, m, dates), modalities))
+        results = list(thread_pool("files", threads).map(lambda m: _read_one(ref, m, dates), modalities))
     else:
         results = [_read_one(ref, m, dates) for m in modalities]
     arrays = {m: r[0] for m, r in zip(modalities, results, strict=True)}
@@ -325,21 +325,6 @@ def _read_one(
                 f"{dates.gpkg_path(modality)} for {ref.patch_id}"
             )
     return data, georef, when
-
-
-def _default_threads() -> int:
-    return max(1, int(os.environ.get("FLAIRKIT_READ_THREADS", "4")))
-
-
-_POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, size, pool)
-
-
-def _executor(size: int) -> ThreadPoolExecutor:
-    """A process-wide reader pool, recreated after a fork (threads do not survive one)."""
-    global _POOL
-    if _POOL is None or _POOL[0] != os.getpid() or _POOL[1] != size:
-        _POOL = (os.getpid(), size, ThreadPoolExecutor(size, thread_name_prefix="flairkit-read"))
-    return _POOL[2]
 
 
 def _check_footprints(ref: PatchRef, georefs: Mapping[Modality, Georef]) -> None:

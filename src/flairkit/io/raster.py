@@ -11,6 +11,7 @@ Two back-ends:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -74,8 +75,14 @@ class Georef:
 def _crs_string(crs: rasterio.crs.CRS | None) -> str | None:
     if crs is None:
         return None
-    epsg = crs.to_epsg(confidence_threshold=70)
-    return f"EPSG:{epsg}" if epsg else crs.to_wkt()
+    return _crs_string_from_wkt(crs.to_wkt())
+
+
+@functools.lru_cache(maxsize=64)
+def _crs_string_from_wkt(wkt: str) -> str:
+    # EPSG identification queries the PROJ database (~70 us); a dataset has a handful of CRSs.
+    epsg = rasterio.crs.CRS.from_wkt(wkt).to_epsg(confidence_threshold=70)
+    return f"EPSG:{epsg}" if epsg else wkt
 
 
 def _read_with_rasterio(path: Path) -> tuple[np.ndarray, Georef]:

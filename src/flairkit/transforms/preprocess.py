@@ -189,15 +189,14 @@ class Preprocessor:
 
     @staticmethod
     def _normalise(values: np.ndarray, plan: _Plan, axis: int) -> np.ndarray:
-        out = np.array(values, dtype=np.float32, copy=True)
+        """float32 copy of ``values``, normalised per channel along ``axis`` in one pass."""
         if plan.scale_by_dtype:
-            out *= np.float32(1.0 / _dtype_max(values.dtype))
-            return out
+            return np.multiply(values, np.float32(1.0 / _dtype_max(values.dtype)), dtype=np.float32)
         if plan.offset is None or plan.inv_scale is None:
-            return out
-        shape = [1] * out.ndim
+            return np.array(values, dtype=np.float32)
+        shape = [1] * values.ndim
         shape[axis] = -1
-        out -= plan.offset.reshape(shape)
+        out = np.subtract(values, plan.offset.reshape(shape), dtype=np.float32)
         out *= plan.inv_scale.reshape(shape)
         return out
 
