@@ -126,7 +126,9 @@ def main() -> None:
     parser.add_argument("--root", type=Path, help="existing dataset root (default: generate one)")
     parser.add_argument("--passes", type=int, default=3, help="timed passes over the set")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    parser.add_argument("--one", nargs=3, metavar=("CONFIG", "MODE", "WORKERS"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--one", nargs=3, metavar=("CONFIG", "MODE", "WORKERS"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.one:
         name, mode, workers = args.one
@@ -141,7 +143,10 @@ def main() -> None:
             for mode, workers in runs:
                 cmd = [sys.executable, __file__, "--root", str(root), "--passes", str(args.passes)]
                 out = subprocess.run(
-                    [*cmd, "--one", name, mode, str(workers)], check=True, capture_output=True, text=True
+                    [*cmd, "--one", name, mode, str(workers)],
+                    check=True,
+                    capture_output=True,
+                    text=True,
                 )
                 key = "rasterio_alone" if mode == "rasterio" else f"flairkit_{workers}_workers"
                 entry[key] = json.loads(out.stdout.strip().splitlines()[-1])

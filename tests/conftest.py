@@ -13,7 +13,9 @@ import pytest  # noqa: E402
 from flairkit.synth import SynthSummary, make_synthetic_flairhub  # noqa: E402
 
 #: Small but complete: 2 train/val + 2 test domain-years, 2 ROIs each, 2x2 patches per ROI.
-SYNTH_KWARGS = dict(seed=0, aerial_px=64, num_rois=2, patches_per_roi=(2, 2), min_dates=4, max_dates=9)
+SYNTH_KWARGS = dict(
+    seed=0, aerial_px=64, num_rois=2, patches_per_roi=(2, 2), min_dates=4, max_dates=9
+)
 
 
 @pytest.fixture(scope="session")

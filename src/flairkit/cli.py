@@ -38,16 +38,25 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", type=Path, help="output folder (the dataset root)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
-        "--aerial-px", type=int, default=512,
+        "--aerial-px",
+        type=int,
+        default=512,
         help="aerial patch side in pixels; other modalities scale with it (default 512, as real)",
     )
     p.add_argument(
-        "--domains", nargs="+", default=None, metavar="DOMAIN-YEAR",
+        "--domains",
+        nargs="+",
+        default=None,
+        metavar="DOMAIN-YEAR",
         help="domain-years to write, e.g. D006-2020 D012-2019 (default: 2 train/val + 2 test)",
     )
     p.add_argument("--rois", type=int, default=2, help="ROIs per domain (default 2)")
     p.add_argument(
-        "--patches-per-roi", type=int, nargs=2, default=(2, 2), metavar=("ROWS", "COLS"),
+        "--patches-per-roi",
+        type=int,
+        nargs=2,
+        default=(2, 2),
+        metavar=("ROWS", "COLS"),
         help="patch grid per ROI (default 2 2)",
     )
     p.add_argument("--min-dates", type=int, default=6, help="fewest Sentinel dates per ROI")
@@ -67,7 +76,8 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("root", type=Path, help="dataset root, a CSV list, or a folder of CSV lists")
     p.add_argument(
-        "--split", default="auto",
+        "--split",
+        default="auto",
         help="split method: auto (split_1 if GLOBAL_ALL_MTD_SPLIT.gpkg exists, else card), card, "
         "csv, split_1..split_5, split_flairchallenge, split_toy, or a .csv/.json file",
     )
@@ -89,7 +99,9 @@ def _add_show(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("root", type=Path, help="dataset root (or CSV list)")
-    p.add_argument("patch_id", nargs="?", help="patch id, e.g. D006-2020_UU-S1-1_1-1 (default: first)")
+    p.add_argument(
+        "patch_id", nargs="?", help="patch id, e.g. D006-2020_UU-S1-1_1-1 (default: first)"
+    )
     p.add_argument("--modalities", nargs="+", help="modalities to read (default: all present)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--png", type=Path, help="write a figure of the patch here")
@@ -140,13 +152,17 @@ def _run_info(args: argparse.Namespace) -> int:
 
     catalog = Catalog.open(args.root, split=args.split, progress=args.progress)
     catalog = catalog.filter(
-        departments=args.departments, years=args.years, modalities=_parse_modalities(args.modalities)
+        departments=args.departments,
+        years=args.years,
+        modalities=_parse_modalities(args.modalities),
     )
     summary = catalog.summary()
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    print(f"{summary['root']}: {summary['num_patches']} patches in {summary['num_domains']} domain-years")
+    print(
+        f"{summary['root']}: {summary['num_patches']} patches in {summary['num_domains']} domain-years"
+    )
     print("per split:    " + ", ".join(f"{k} {v}" for k, v in summary["patches_per_split"].items()))
     print("per domain-year:")
     for domain, counts in summary["patches_per_domain"].items():
@@ -176,7 +192,9 @@ def _run_show(args: argparse.Namespace) -> int:
     ref = catalog.get(args.patch_id) if args.patch_id else catalog.refs[0]
     wanted = _parse_modalities(args.modalities)
     mods = wanted or [m for m in DISPLAY_ORDER if m in ref.modalities]
-    dates = DatesIndex(catalog.root or args.root) if any(m.spec.is_time_series for m in mods) else None
+    dates = (
+        DatesIndex(catalog.root or args.root) if any(m.spec.is_time_series for m in mods) else None
+    )
     raw = read_patch(ref, mods, dates)
     desc = describe_patch(raw)
     if args.png:
@@ -209,5 +227,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-

@@ -88,7 +88,9 @@ class PreprocessConfig:
     """
 
     inputs: Mapping[Modality, ModalityConfig] = field(
-        default_factory=lambda: {Modality.AERIAL_RGBI: default_modality_config(Modality.AERIAL_RGBI)}
+        default_factory=lambda: {
+            Modality.AERIAL_RGBI: default_modality_config(Modality.AERIAL_RGBI)
+        }
     )
     tasks: tuple[Task, ...] = (Task.COSIA,)
     lpis_level: int = 1
@@ -163,10 +165,14 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
                 return _convert(arg, value, path)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches no allowed type")
+        raise ConfigError(
+            errors[0] if len(errors) == 1 else f"{where}: {value!r} matches no allowed type"
+        )
     if origin is Literal:
         if value not in get_args(tp):
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, get_args(tp)))}")
+            raise ConfigError(
+                f"{where}: {value!r} is not one of {', '.join(map(repr, get_args(tp)))}"
+            )
         return value
     if origin in (tuple,):
         args = get_args(tp)
@@ -176,7 +182,9 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             return tuple(_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
             raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-        return tuple(_convert(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        return tuple(
+            _convert(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True))
+        )
     if origin in (Mapping, dict, typing.Mapping) or tp is dict:
         key_tp, value_tp = get_args(tp) or (Any, Any)
         if not isinstance(value, Mapping):

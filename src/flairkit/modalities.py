@@ -290,7 +290,13 @@ TRAINVAL_DOMAINS = frozenset(
 
 #: Split names used in the API; the GeoPackage writes "valid" for "val" (spec section 1.5).
 SPLITS = ("train", "val", "test")
-SPLIT_ALIASES = {"train": "train", "valid": "val", "val": "val", "validation": "val", "test": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "valid": "val",
+    "val": "val",
+    "validation": "val",
+    "test": "test",
+}
 
 #: Normalisation statistics per band name (spec section 5.1). Reference-config values where the
 #: reference normalises the band, the paper's otherwise. SPOT uses the LC-I model card's
@@ -311,7 +317,11 @@ NORM_STATS: dict[Modality, dict[str, tuple[float, float]]] = {
         "NIR": (1137.09, 543.11),
     },
     # One mean/std for both channels so elevation differences survive (spec section 5.1).
-    Modality.DEM_ELEV: {"DSM": (311.06, 537.55), "DTM": (311.06, 537.55), "HEIGHT": (311.06, 537.55)},
+    Modality.DEM_ELEV: {
+        "DSM": (311.06, 537.55),
+        "DTM": (311.06, 537.55),
+        "HEIGHT": (311.06, 537.55),
+    },
 }
 
 #: Default channel selection of the benchmark (spec section 5.1), by band name.

@@ -16,18 +16,25 @@ from flairkit.modalities import (
     LPIS_L1_CLASSES,
     ClassInfo,
     Modality,
-    class_table,
     Task,
+    class_table,
 )
 from flairkit.transforms.timeseries import clear_fraction, cloud_filter
 
 log = logging.getLogger(__name__)
 
 #: Order of the panels and of the description.
-DISPLAY_ORDER: tuple[Modality, ...] = (*INPUT_MODALITIES, Modality.SENTINEL2_MSK, Modality.COSIA, Modality.LPIS)
+DISPLAY_ORDER: tuple[Modality, ...] = (
+    *INPUT_MODALITIES,
+    Modality.SENTINEL2_MSK,
+    Modality.COSIA,
+    Modality.LPIS,
+)
 
 
-def describe_patch(raw: RawSample, cloud: CloudFilterConfig = CloudFilterConfig()) -> dict[str, Any]:
+def describe_patch(
+    raw: RawSample, cloud: CloudFilterConfig = CloudFilterConfig()
+) -> dict[str, Any]:
     """Shape, dtype, value range and dates of every modality of a patch.
 
     For S2, the dates kept and dropped by the benchmark's cloud filter (and each date's
@@ -53,13 +60,19 @@ def describe_patch(raw: RawSample, cloud: CloudFilterConfig = CloudFilterConfig(
         if m is Modality.SENTINEL2_TS and Modality.SENTINEL2_MSK in raw.arrays:
             mask = raw.arrays[Modality.SENTINEL2_MSK]
             kept = cloud_filter(
-                mask, cloud.max_cloud, cloud.max_snow, cloud.max_cover_fraction, cloud.fallback_num_dates
+                mask,
+                cloud.max_cloud,
+                cloud.max_snow,
+                cloud.max_cover_fraction,
+                cloud.fallback_num_dates,
             )
             fraction = clear_fraction(mask, cloud.max_cloud, cloud.max_snow)
             dates = raw.dates[m]
             entry["cloud_filter"] = {
                 "kept": [str(dates[i]) for i in kept],
-                "dropped": [str(dates[i]) for i in range(len(dates)) if i not in set(kept.tolist())],
+                "dropped": [
+                    str(dates[i]) for i in range(len(dates)) if i not in set(kept.tolist())
+                ],
                 "clear_fraction": [round(float(f), 3) for f in fraction],
             }
         out["modalities"][m.value] = entry
@@ -144,7 +157,9 @@ def plot_patch(
     if Modality.DEM_ELEV in a:
         dem = a[Modality.DEM_ELEV].astype(np.float32)
         panels.append(("DSM (m)", dem[0], {"cmap": "terrain", "colorbar": True}))
-        panels.append(("height DSM-DTM (m)", dem[0] - dem[1], {"cmap": "viridis", "colorbar": True}))
+        panels.append(
+            ("height DSM-DTM (m)", dem[0] - dem[1], {"cmap": "viridis", "colorbar": True})
+        )
     if Modality.SPOT_RGBI in a:
         panels.append(("SPOT RGB", _stretch(a[Modality.SPOT_RGBI][[0, 1, 2]]), {}))
     if Modality.SENTINEL2_TS in a:
@@ -154,7 +169,9 @@ def plot_patch(
             series = a[m]
             mid = series.shape[0] // 2
             vv = 10 * np.log10(np.clip(series[mid, 0].astype(np.float64), 1e-6, None))
-            panels.append((f"{name} VV dB {raw.dates[m][mid]}", vv, {"cmap": "gray", "colorbar": True}))
+            panels.append(
+                (f"{name} VV dB {raw.dates[m][mid]}", vv, {"cmap": "gray", "colorbar": True})
+            )
     legends: list[tuple[str, np.ndarray, tuple[ClassInfo, ...]]] = []
     if Modality.COSIA in a:
         legends.append(("COSIA land cover", a[Modality.COSIA][0], COSIA_CLASSES))
@@ -176,8 +193,12 @@ def plot_patch(
         ax.imshow(_label_rgb(label, classes), interpolation="nearest")
         ax.set_title(title, fontsize=9)
         present = [c for c in classes if np.any(label == c.value)]
-        handles = [Patch(facecolor=c.colour, edgecolor="k", label=f"{c.value} {c.name}") for c in present]
-        ax.legend(handles=handles, fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+        handles = [
+            Patch(facecolor=c.colour, edgecolor="k", label=f"{c.value} {c.name}") for c in present
+        ]
+        ax.legend(
+            handles=handles, fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False
+        )
     for ax in flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -203,7 +224,11 @@ def _s2_panels(
     if mask is not None:
         kept = set(
             cloud_filter(
-                mask, cloud.max_cloud, cloud.max_snow, cloud.max_cover_fraction, cloud.fallback_num_dates
+                mask,
+                cloud.max_cloud,
+                cloud.max_snow,
+                cloud.max_cover_fraction,
+                cloud.fallback_num_dates,
             ).tolist()
         )
     picks = np.unique(np.linspace(0, num_total - 1, min(num_dates, num_total)).round().astype(int))

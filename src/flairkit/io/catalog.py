@@ -75,15 +75,15 @@ class Catalog:
         return catalog.with_split(split) if split else catalog
 
     @classmethod
-    def from_csv(
-        cls, csv_paths: Sequence[str | Path], root: str | Path | None = None
-    ) -> Catalog:
+    def from_csv(cls, csv_paths: Sequence[str | Path], root: str | Path | None = None) -> Catalog:
         """Index from official CSV lists; the split comes from each file's name."""
         refs = read_csv_lists(csv_paths, root)
         seen: dict[str, PatchRef] = {}
         for ref in refs:
             if ref.patch_id in seen:
-                raise DataError(f"patch {ref.patch_id} is listed twice in {list(map(str, csv_paths))}")
+                raise DataError(
+                    f"patch {ref.patch_id} is listed twice in {list(map(str, csv_paths))}"
+                )
             seen[ref.patch_id] = ref
         base = Path(root) if root else (Path(refs[0].root) if refs else None)
         return cls(tuple(sorted(refs, key=lambda r: r.patch_id)), base)
@@ -134,9 +134,7 @@ class Catalog:
             for name in names:
                 lookup[name] = split
         return Catalog(
-            tuple(
-                r.with_split(lookup.get(r.domain_year, lookup.get(r.domain))) for r in self.refs
-            ),
+            tuple(r.with_split(lookup.get(r.domain_year, lookup.get(r.domain))) for r in self.refs),
             self.root,
         )
 
@@ -264,9 +262,13 @@ class Catalog:
             "num_patches": len(self.refs),
             "num_domains": len(per_domain),
             "patches_per_split": dict(sorted(per_split.items())),
-            "patches_per_domain": {d: dict(sorted(c.items())) for d, c in sorted(per_domain.items())},
+            "patches_per_domain": {
+                d: dict(sorted(c.items())) for d, c in sorted(per_domain.items())
+            },
             "files_per_modality": {m.value: per_modality.get(m.value, 0) for m in Modality},
-            "missing_files": {m: {"count": len(ids), "examples": ids[:5]} for m, ids in missing.items()},
+            "missing_files": {
+                m: {"count": len(ids), "examples": ids[:5]} for m, ids in missing.items()
+            },
         }
 
 

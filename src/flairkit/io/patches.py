@@ -25,7 +25,9 @@ from flairkit.modalities import HISTORICAL_YEAR, Modality
 
 log = logging.getLogger(__name__)
 
-_FOLDER_RE = re.compile(r"^(?P<domain>D\d{3,})-(?P<year>\d{4}|195X)_(?P<mod>[A-Z0-9-]+_[A-Z0-9-]+)$")
+_FOLDER_RE = re.compile(
+    r"^(?P<domain>D\d{3,})-(?P<year>\d{4}|195X)_(?P<mod>[A-Z0-9-]+_[A-Z0-9-]+)$"
+)
 _PATCH_ID_RE = re.compile(r"^(?P<domain>D\d{3,})-(?P<year>\d{4})_(?P<roi>[^_]+)_(?P<rc>\d+-\d+)$")
 _MODALITY_BY_KEY = {m.value: m for m in Modality}
 # Shared instances: a catalog of 241,100 patches holds a handful of distinct modality sets.
@@ -154,7 +156,9 @@ def scan_root(root: str | Path, progress: bool = False) -> list[PatchRef]:
     )
     folders = [(name, m) for name, m in folders if m["mod"] in _MODALITY_BY_KEY]
     if not folders:
-        raise DataError(f"{root}: no <DOMAIN>-<YEAR>_<MODALITY> folder found; is this a FLAIR-HUB root?")
+        raise DataError(
+            f"{root}: no <DOMAIN>-<YEAR>_<MODALITY> folder found; is this a FLAIR-HUB root?"
+        )
     found: dict[str, set[Modality]] = {}
     historical: set[str] = set()  # "<DOMAIN>_<ROI>_<RC>" of every 195X file
     iterator: Iterable = folders
@@ -223,7 +227,9 @@ def read_csv_lists(paths: Sequence[str | Path], root: str | Path | None = None) 
         table = frame[["patch_id"] + [c for c, _ in columns]].to_numpy()
         for patch_id, *cells in table:
             cell_by_mod = {m: cell for (_, m), cell in zip(columns, cells, strict=True)}
-            refs.append(_ref_from_csv_row(patch_id.strip(), cell_by_mod, base, root, split, csv_path))
+            refs.append(
+                _ref_from_csv_row(patch_id.strip(), cell_by_mod, base, root, split, csv_path)
+            )
     return refs
 
 
@@ -236,7 +242,9 @@ def _ref_from_csv_row(
     csv_path: Path,
 ) -> PatchRef:
     if not _PATCH_ID_RE.match(patch_id):
-        raise DataError(f"{csv_path}: patch id {patch_id!r} is not <DOMAIN>-<YEAR>_<ROI>_<ROW>-<COL>")
+        raise DataError(
+            f"{csv_path}: patch id {patch_id!r} is not <DOMAIN>-<YEAR>_<ROI>_<ROW>-<COL>"
+        )
     paths: dict[Modality, Path] = {}
     for modality, cell in cells.items():
         cell = cell.strip()
@@ -301,7 +309,9 @@ def read_patch(
         raise ValueError(f"reading {[m.value for m in modalities]} needs a DatesIndex")
     threads = num_threads if num_threads is not None else default_num_threads()
     if threads > 1 and len(modalities) > 1:
-        results = list(thread_pool("files", threads).map(lambda m: _read_one(ref, m, dates), modalities))
+        results = list(
+            thread_pool("files", threads).map(lambda m: _read_one(ref, m, dates), modalities)
+        )
     else:
         results = [_read_one(ref, m, dates) for m in modalities]
     arrays = {m: r[0] for m, r in zip(modalities, results, strict=True)}

@@ -144,9 +144,11 @@ def _read_with_tifffile(path: Path) -> tuple[np.ndarray, Georef] | None:
             return None
         # tifffile pads short strips with zeros; GDAL fails on them. A strip past the end of
         # the file is a truncated file, not zeros.
-        if page.dataoffsets and max(
-            o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=True)
-        ) > size:
+        if (
+            page.dataoffsets
+            and max(o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=True))
+            > size
+        ):
             raise DataError(f"{path}: truncated file ({size} bytes, strips run past the end)")
         height, width = page.imagelength, page.imagewidth
         georef = _tifffile_georef(page, width, height)

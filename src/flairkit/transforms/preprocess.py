@@ -15,7 +15,7 @@ import torch
 from flairkit.config import CloudFilterConfig, ConfigError, ModalityConfig, PreprocessConfig
 from flairkit.data.sample import RawSample, Sample
 from flairkit.io.dates import day_offsets
-from flairkit.modalities import NORM_STATS, LABEL_MODALITIES, Modality, Task
+from flairkit.modalities import LABEL_MODALITIES, NORM_STATS, Modality, Task
 from flairkit.transforms.timeseries import cloud_filter, temporal_average
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,9 @@ class _Plan:
     scale_by_dtype: bool = False  # "scaling" without a scale: divide by the dtype's maximum
 
 
-def output_channels(modality: Modality, cfg: ModalityConfig, dem_mode: str = "stack") -> tuple[str, ...]:
+def output_channels(
+    modality: Modality, cfg: ModalityConfig, dem_mode: str = "stack"
+) -> tuple[str, ...]:
     """Names of the channels a modality feeds to the model, in order."""
     if modality is Modality.DEM_ELEV:
         return DEM_CHANNELS[dem_mode]
@@ -50,7 +52,9 @@ def _plan(modality: Modality, cfg: ModalityConfig, dem_mode: str) -> _Plan:
     if modality is not Modality.DEM_ELEV and cfg.bands is not None:
         unknown = [b for b in cfg.bands if b not in spec.bands]
         if unknown:
-            raise ConfigError(f"{where}.bands: unknown band(s) {unknown}; valid: {list(spec.bands)}")
+            raise ConfigError(
+                f"{where}.bands: unknown band(s) {unknown}; valid: {list(spec.bands)}"
+            )
         band_index = np.array([spec.bands.index(b) for b in cfg.bands])
     offset = inv_scale = None
     if cfg.norm == "custom":
