@@ -19,7 +19,7 @@ from flairkit.modalities import (
     Task,
     class_table,
 )
-from flairkit.transforms.timeseries import clear_fraction, cloud_filter
+from flairkit.transforms.timeseries import clear_fraction, filter_dates
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +59,7 @@ def describe_patch(
             entry["dates"] = [str(d) for d in raw.dates[m]]
         if m is Modality.SENTINEL2_TS and Modality.SENTINEL2_MSK in raw.arrays:
             mask = raw.arrays[Modality.SENTINEL2_MSK]
-            kept = cloud_filter(
-                mask,
-                cloud.max_cloud,
-                cloud.max_snow,
-                cloud.max_cover_fraction,
-                cloud.fallback_num_dates,
-            )
+            kept = filter_dates(mask, cloud)
             fraction = clear_fraction(mask, cloud.max_cloud, cloud.max_snow)
             dates = raw.dates[m]
             entry["cloud_filter"] = {
@@ -222,15 +216,7 @@ def _s2_panels(
     kept: set[int] = set(range(num_total))
     mask = raw.arrays.get(Modality.SENTINEL2_MSK)
     if mask is not None:
-        kept = set(
-            cloud_filter(
-                mask,
-                cloud.max_cloud,
-                cloud.max_snow,
-                cloud.max_cover_fraction,
-                cloud.fallback_num_dates,
-            ).tolist()
-        )
+        kept = set(filter_dates(mask, cloud).tolist())
     picks = np.unique(np.linspace(0, num_total - 1, min(num_dates, num_total)).round().astype(int))
     # One shared stretch, taken from the clear dates, so clouds show as bright across dates.
     rgb = series[:, [2, 1, 0]].astype(np.float32)  # B04, B03, B02

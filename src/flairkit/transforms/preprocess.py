@@ -16,7 +16,7 @@ from flairkit.config import CloudFilterConfig, ConfigError, ModalityConfig, Prep
 from flairkit.data.sample import RawSample, Sample
 from flairkit.io.dates import day_offsets
 from flairkit.modalities import LABEL_MODALITIES, NORM_STATS, Modality, Task
-from flairkit.transforms.timeseries import cloud_filter, temporal_average
+from flairkit.transforms.timeseries import filter_dates, temporal_average
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +144,7 @@ class Preprocessor:
             raise ValueError(
                 f"{raw.patch_id}: S2 has {series.shape[0]} dates but its mask has {mask.shape[0]}"
             )
-        return cloud_filter(
-            mask, cfg.max_cloud, cfg.max_snow, cfg.max_cover_fraction, cfg.fallback_num_dates
-        )
+        return filter_dates(mask, cfg)
 
     def __call__(self, raw: RawSample) -> Sample:
         """Preprocess one sample."""

@@ -10,6 +10,7 @@ from typing import Literal
 
 import numpy as np
 
+from flairkit.config import CloudFilterConfig
 from flairkit.io.dates import day_offsets
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,19 @@ def cloud_filter(
         return kept
     best = np.argsort(-fraction, kind="stable")[: max(1, fallback_num_dates)]
     return np.sort(best)
+
+
+def filter_dates(mask: np.ndarray, config: CloudFilterConfig) -> np.ndarray:
+    """``cloud_filter`` with a CloudFilterConfig's thresholds (all dates when it is disabled)."""
+    if not config.enabled:
+        return np.arange(mask.shape[0])
+    return cloud_filter(
+        mask,
+        config.max_cloud,
+        config.max_snow,
+        config.max_cover_fraction,
+        config.fallback_num_dates,
+    )
 
 
 def temporal_average(
