@@ -106,6 +106,71 @@ class PreprocessConfig:
                 raise ConfigError(f"inputs.{m.value}: not a model input")
 
 
+@dataclass(frozen=True)
+class UTAEConfig:
+    """U-TAE hyper-parameters; defaults are the FLAIR-HUB training config (spec section 6.1).
+
+    When the model also has a mono-temporal encoder, the widths are rewritten to match its
+    stages and the summed class count is appended to ``out_conv`` (``models.utae`` helpers).
+    """
+
+    encoder_widths: tuple[int, ...] = (64, 64, 64, 128)
+    decoder_widths: tuple[int, ...] = (32, 32, 64, 128)
+    out_conv: tuple[int, ...] = (32, 19)
+    str_conv_k: int = 3
+    str_conv_s: int = 1
+    str_conv_p: int = 1
+    agg_mode: Literal["att_group", "att_mean", "mean"] = "att_group"
+    encoder_norm: Literal["group", "batch", "instance"] = "group"
+    n_head: int = 16
+    d_model: int = 256
+    d_k: int = 4
+    padding_mode: Literal["reflect", "zeros", "replicate", "circular"] = "reflect"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What ``build_model`` builds; saved with every checkpoint.
+
+    Attributes:
+        inputs: input channels per modality (e.g. AERIAL_RGBI: 3 for NIR, R, G).
+        img_sizes: patch side in pixels per input modality (Swin is built for it).
+        tasks: classes per task.
+        arch: ``<timm encoder>-<decoder>`` for the mono-temporal branches.
+        utae: U-TAE settings for the time series.
+        aux_heads: modalities that get an auxiliary head per task (own loss).
+        modality_dropout: probability of dropping each modality's features in training.
+        pretrained_path: local weights file for the mono-temporal backbones (never downloaded).
+        new_channels_init: how channels beyond RGB are initialised from pretrained RGB weights.
+    """
+
+    inputs: Mapping[Modality, int]
+    img_sizes: Mapping[Modality, int]
+    tasks: Mapping[Task, int]
+    arch: str = "swin_base_patch4_window12_384-upernet"
+    utae: UTAEConfig = UTAEConfig()
+    aux_heads: tuple[Modality, ...] = ()
+    modality_dropout: float = 0.0
+    pretrained_path: Path | None = None
+    new_channels_init: str = "mean"
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise ConfigError("model.inputs: at least one input modality is needed")
+        if not self.tasks:
+            raise ConfigError("model.tasks: at least one task is needed")
+        missing = [m.value for m in self.inputs if m not in self.img_sizes]
+        if missing:
+            raise ConfigError(f"model.img_sizes: missing for {missing}")
+        unknown = [m.value for m in self.aux_heads if m not in self.inputs]
+        if unknown:
+            raise ConfigError(f"model.aux_heads: {unknown} are not inputs")
+        if not 0.0 <= self.modality_dropout < 1.0:
+            raise ConfigError(f"model.modality_dropout: must be in [0, 1), got {self.modality_dropout}")
+        if "-" not in self.arch:
+            raise ConfigError(f"model.arch: expected '<encoder>-<decoder>', got {self.arch!r}")
+
+
 def default_modality_config(modality: Modality) -> ModalityConfig:
     """The benchmark's preparation of a modality (spec section 5.1)."""
     if modality.spec.is_time_series:

@@ -1,0 +1,83 @@
+"""Fusion of per-modality feature pyramids of different resolutions into one pyramid.
+
+The rule is the FLAIR-HUB reference's (spec section 6.1), so published weights keep their meaning:
+the first mono-temporal modality (in canonical order) is the reference; every modality's maps
+are resized bilinearly to the reference's stage sizes, concatenated per stage along channels,
+and reduced to the reference's channel count by a 1x1 convolution per stage. A modality with
+fewer maps than stages repeats its first map in front (U-TAE returns its maps coarse to fine;
+the reference pairs them with the encoder stages by position, and so does this module).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from flairkit.modalities import Modality
+
+
+def align_maps(maps: Sequence[Tensor], sizes: Sequence[tuple[int, int]]) -> list[Tensor]:
+    """Pad a list of maps to ``len(sizes)`` (repeating the first in front) and resize each.
+
+    Args:
+        maps: ``(B, C_i, H_i, W_i)`` maps.
+        sizes: target ``(H, W)`` per stage.
+
+    Returns:
+        One map per stage, bilinearly resized (align_corners=False) where the size differs.
+    """
+    maps = list(maps)
+    if len(maps) < len(sizes):
+        maps = [maps[0]] * (len(sizes) - len(maps)) + maps
+    elif len(maps) > len(sizes):
+        raise ValueError(f"{len(maps)} maps for {len(sizes)} stages")
+    out = []
+    for fmap, size in zip(maps, sizes, strict=True):
+        if tuple(fmap.shape[-2:]) != tuple(size):
+            fmap = F.interpolate(fmap, size=size, mode="bilinear", align_corners=False)
+        out.append(fmap)
+    return out
+
+
+class MultiScaleFusion(nn.Module):
+    """Concatenate stage maps of all modalities and reduce each stage with a 1x1 convolution.
+
+    Args:
+        in_channels: per modality (in fusion order), channels of each of its maps after
+            alignment (already padded to the number of stages).
+        out_channels: channels of the fused map per stage (the reference modality's).
+    """
+
+    def __init__(
+        self, in_channels: Mapping[Modality, Sequence[int]], out_channels: Sequence[int]
+    ) -> None:
+        super().__init__()
+        self.order = tuple(in_channels)
+        totals = [sum(chs) for chs in zip(*in_channels.values(), strict=True)]
+        if len(totals) != len(out_channels):
+            raise ValueError(f"{len(totals)} input stages for {len(out_channels)} output stages")
+        self.out_channels = tuple(out_channels)
+        self.convs = nn.ModuleList(
+            nn.Conv2d(c_in, c_out, kernel_size=1)
+            for c_in, c_out in zip(totals, out_channels, strict=True)
+        )
+
+    def forward(self, features: Mapping[Modality, Sequence[Tensor]]) -> list[Tensor]:
+        """Fuse; the first modality of ``self.order`` sets the stage sizes.
+
+        Args:
+            features: per modality, its maps (any count up to the number of stages).
+
+        Returns:
+            ``len(out_channels)`` maps ``(B, out_channels[i], H_i, W_i)``.
+        """
+        reference = features[self.order[0]]
+        sizes = [tuple(f.shape[-2:]) for f in reference]
+        aligned = [align_maps(features[m], sizes) for m in self.order]
+        return [
+            conv(torch.cat(stage, dim=1))
+            for conv, stage in zip(self.convs, zip(*aligned, strict=True), strict=True)
+        ]
