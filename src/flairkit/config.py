@@ -166,7 +166,9 @@ class ModelConfig:
         if unknown:
             raise ConfigError(f"model.aux_heads: {unknown} are not inputs")
         if not 0.0 <= self.modality_dropout < 1.0:
-            raise ConfigError(f"model.modality_dropout: must be in [0, 1), got {self.modality_dropout}")
+            raise ConfigError(
+                f"model.modality_dropout: must be in [0, 1), got {self.modality_dropout}"
+            )
         if "-" not in self.arch:
             raise ConfigError(f"model.arch: expected '<encoder>-<decoder>', got {self.arch!r}")
 

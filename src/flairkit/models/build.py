@@ -5,12 +5,12 @@ from __future__ import annotations
 from torch import nn
 
 from flairkit.config import ModelConfig
+from flairkit.modalities import INPUT_MODALITIES, Modality, Task
 from flairkit.models.decoders import build_decoder
 from flairkit.models.encoders import build_encoder
 from flairkit.models.fusion import MultiScaleFusion
 from flairkit.models.segmenter import MultiModalSegmenter, aux_key
 from flairkit.models.utae import UTAE, fused_out_conv, fused_utae_widths
-from flairkit.modalities import INPUT_MODALITIES, Modality, Task
 
 #: Default output grid: the label grid of a 102.4 m patch at 0.2 m.
 DEFAULT_OUT_PX = 512
@@ -86,21 +86,31 @@ def build_model(cfg: ModelConfig, out_px: int = DEFAULT_OUT_PX) -> MultiModalSeg
     if encoders:
         reference_channels = next(iter(encoders.values())).out_channels
         if len(inputs) > 1:
-            in_channels = {m: _padded_channels(e.out_channels, len(reference_channels)) for m, e in encoders.items()}
+            in_channels = {
+                m: _padded_channels(e.out_channels, len(reference_channels))
+                for m, e in encoders.items()
+            }
             in_channels.update(
-                {m: _padded_channels(u.out_channels, len(reference_channels)) for m, u in temporal.items()}
+                {
+                    m: _padded_channels(u.out_channels, len(reference_channels))
+                    for m, u in temporal.items()
+                }
             )
             fusion = MultiScaleFusion(in_channels, reference_channels)
         for task, k in cfg.tasks.items():
             heads[task] = build_decoder(decoder_name, reference_channels, k)
     elif len(cfg.tasks) > 1:
-        heads = {task: nn.Conv2d(num_classes_total, k, kernel_size=1) for task, k in cfg.tasks.items()}
+        heads = {
+            task: nn.Conv2d(num_classes_total, k, kernel_size=1) for task, k in cfg.tasks.items()
+        }
 
     aux_heads: dict[str, nn.Module] = {}
     for m in canonical_order(list(cfg.aux_heads)):
         for task, k in cfg.tasks.items():
             if m in encoders:
-                aux_heads[aux_key(m, task)] = build_decoder(decoder_name, encoders[m].out_channels, k)
+                aux_heads[aux_key(m, task)] = build_decoder(
+                    decoder_name, encoders[m].out_channels, k
+                )
             else:
                 aux_heads[aux_key(m, task)] = nn.Conv2d(num_classes_total, k, kernel_size=1)
 

@@ -154,9 +154,15 @@ def match_official_keys(
     targets = set(mapping.values())
     missing = [k for k in own if k not in targets and not _is_derived_buffer(model, k)]
     problems = []
-    for title, items in (("unknown keys", unknown), ("shape mismatches", mismatched), ("missing", missing)):
+    for title, items in (
+        ("unknown keys", unknown),
+        ("shape mismatches", mismatched),
+        ("missing", missing),
+    ):
         if items:
-            shown = "\n  ".join(items[:10]) + (f"\n  ... {len(items) - 10} more" if len(items) > 10 else "")
+            shown = "\n  ".join(items[:10]) + (
+                f"\n  ... {len(items) - 10} more" if len(items) > 10 else ""
+            )
             problems.append(f"{len(items)} {title}:\n  {shown}")
     if problems:
         raise WeightsError("weights do not fit the model:\n" + "\n".join(problems))
@@ -176,7 +182,9 @@ def load_official_state_dict(
     Raises:
         WeightsError: unknown keys, missing model tensors or shape mismatches, all listed.
     """
-    mapping, ignored = match_official_keys(model, {k: tuple(v.shape) for k, v in state.items()}, decoder)
+    mapping, ignored = match_official_keys(
+        model, {k: tuple(v.shape) for k, v in state.items()}, decoder
+    )
     model.load_state_dict({mapping[k]: state[k] for k in mapping}, strict=False)
     log.info("loaded %d tensors (%d unused by the reference ignored)", len(mapping), len(ignored))
     return LoadReport(len(mapping), ignored)
@@ -185,7 +193,9 @@ def load_official_state_dict(
 def _is_derived_buffer(model: MultiModalSegmenter, key: str) -> bool:
     """Buffers the model computes itself (Swin index tables, attention masks)."""
     name = key.rsplit(".", 1)[-1]
-    return name in ("relative_position_index", "attn_mask") and key not in dict(model.named_parameters())
+    return name in ("relative_position_index", "attn_mask") and key not in dict(
+        model.named_parameters()
+    )
 
 
 def load_published_weights(

@@ -48,7 +48,9 @@ class Preset:
     card_miou: float
 
 
-def _p(mid: str, inputs: tuple[Modality, ...], para: float, ep: int, oa: float, miou: float) -> Preset:
+def _p(
+    mid: str, inputs: tuple[Modality, ...], para: float, ep: int, oa: float, miou: float
+) -> Preset:
     task = Task.COSIA if mid.startswith("LC") else Task.LPIS
     return Preset(mid, inputs, task, para, ep, oa, miou)
 

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flairkit.data.sample import Batch
-from flairkit.models.fusion import MultiScaleFusion
 from flairkit.modalities import Modality, Task
+from flairkit.models.fusion import MultiScaleFusion
 
 
 def aux_key(modality: Modality, task: Task) -> str:
@@ -119,7 +119,9 @@ class MultiModalSegmenter(nn.Module):
             features[m] = maps
         for m in features:
             for task in self.tasks:
-                head = self.aux_heads[aux_key(m, task)] if aux_key(m, task) in self.aux_heads else None
+                head = (
+                    self.aux_heads[aux_key(m, task)] if aux_key(m, task) in self.aux_heads else None
+                )
                 if head is None:
                     continue
                 source = series_logits[m] if m in series_logits else features[m]
@@ -128,7 +130,9 @@ class MultiModalSegmenter(nn.Module):
         if self.encoders:
             if self.training and self.modality_dropout > 0 and len(features) > 1:
                 features = self._drop_modalities(features)
-            fused = self.fusion(features) if self.fusion is not None else next(iter(features.values()))
+            fused = (
+                self.fusion(features) if self.fusion is not None else next(iter(features.values()))
+            )
             logits = {Task(k): _resize(head(fused), size) for k, head in self.heads.items()}
         else:
             stacked = list(series_logits.values())
@@ -142,7 +146,9 @@ class MultiModalSegmenter(nn.Module):
                 logits = {next(iter(self.tasks)): fused}
         return SegmenterOutput(logits, aux)
 
-    def _drop_modalities(self, features: dict[Modality, list[Tensor]]) -> dict[Modality, list[Tensor]]:
+    def _drop_modalities(
+        self, features: dict[Modality, list[Tensor]]
+    ) -> dict[Modality, list[Tensor]]:
         """Zero each modality's maps with probability p, per sample; one modality always stays.
 
         The reference replaces maps by random tensors with a probability drawn anew each step
