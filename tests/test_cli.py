@@ -120,3 +120,17 @@ def test_synth_then_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert summary["files_per_modality"] == {m.value: 16 for m in Modality}
     assert summary["patches_per_split"]["test"] == 8
     assert (out / "GLOBAL_ALL_MTD" / "GLOBAL_ALL_MTD_SPLIT.gpkg").is_file()
+
+
+def test_models_lists_presets_with_counts(capsys) -> None:
+    assert main(["models", "LC-A", "lpis-f", "--json"]) == 0
+    rows = {r["id"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == {"LC-A", "LPIS-F"}
+    assert rows["LC-A"]["params"] == 89_422_283
+    assert rows["LC-A"]["card_para_m"] == 89.4 and rows["LC-A"]["card_miou"] == 64.1
+    assert rows["LPIS-F"]["inputs"] == ["SENTINEL2_TS"]
+
+
+def test_models_unknown_id_exits_2(capsys) -> None:
+    assert main(["models", "LC-Z"]) == 2
+    assert "LC-Z" in capsys.readouterr().err

@@ -108,11 +108,29 @@ def _add_show(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lpis-level", type=int, default=1, choices=[1, 2, 3], help="LPIS level drawn")
 
 
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "models",
+        help="list the 24 FLAIR-HUB benchmark presets with their parameter counts",
+        description=(
+            "List the benchmark presets LC-A ... LC-ALL and LPIS-A ... LPIS-K: inputs, task, "
+            "flairkit's parameter count (the card's convention: fusion 1x1 convs excluded, one "
+            "auxiliary decoder per input of multi-input models), the card's PARA column and the "
+            "published OA / mIoU. Nothing is downloaded and no weights are allocated."
+        ),
+    )
+    p.add_argument("ids", nargs="*", help="preset ids (default: all)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``flairkit`` command."""
     parser = argparse.ArgumentParser(
         prog="flairkit",
-        description="FLAIR-HUB toolkit: read the dataset, inspect patches, make synthetic data.",
+        description=(
+            "FLAIR-HUB toolkit: read the dataset, inspect patches, make synthetic data, "
+            "list the benchmark models."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"flairkit {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
@@ -120,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(sub)
     _add_info(sub)
     _add_show(sub)
+    _add_models(sub)
     return parser
 
 
@@ -208,7 +227,33 @@ def _run_show(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"synth": _run_synth, "info": _run_info, "show": _run_show}
+def _run_models(args: argparse.Namespace) -> int:
+    from flairkit.models.presets import describe_presets
+
+    rows = describe_presets(args.ids or None, progress=not args.json and sys.stderr.isatty())
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    short = {m.value: (m.spec.aliases[0] if m.spec.aliases else m.value) for m in Modality}
+    print(
+        f"{'id':<7} {'task':<6} {'inputs':<34} {'params (M)':>10} {'card (M)':>9} {'diff':>7} {'OA':>5} {'mIoU':>5}"
+    )
+    for r in rows:
+        inputs = "+".join(short[m] for m in r["inputs"])
+        task = "COSIA" if r["task"] == "AERIAL_LABEL-COSIA" else "LPIS"
+        print(
+            f"{r['id']:<7} {task:<6} {inputs:<34} {r['params'] / 1e6:>10.3f} {r['card_para_m']:>9.1f} "
+            f"{r['diff_to_card_pct']:>6.2f}% {r['card_oa']:>5.1f} {r['card_miou']:>5.1f}"
+        )
+    return 0
+
+
+_COMMANDS = {
+    "synth": _run_synth,
+    "info": _run_info,
+    "show": _run_show,
+    "models": _run_models,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

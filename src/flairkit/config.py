@@ -142,6 +142,7 @@ class ModelConfig:
         modality_dropout: probability of dropping each modality's features in training.
         pretrained_path: local weights file for the mono-temporal backbones (never downloaded).
         new_channels_init: how channels beyond RGB are initialised from pretrained RGB weights.
+        out_px: side of the output (label) grid in pixels for a patch (512 at 0.2 m).
     """
 
     inputs: Mapping[Modality, int]
@@ -153,6 +154,7 @@ class ModelConfig:
     modality_dropout: float = 0.0
     pretrained_path: Path | None = None
     new_channels_init: str = "mean"
+    out_px: int = 512
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -310,3 +312,237 @@ def load_yaml(path: str | Path) -> Any:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
+
+
+# --- training runs -----------------------------------------------------------------------------
+
+#: Classes the benchmark leaves out of its loss and scores (spec section 4): COSIA 15-18; for
+#: LPIS the card removes two unnamed classes, 21 and 22 are the spec's (unverified) candidates.
+DEFAULT_CLASS_WEIGHTS: dict[Task, dict[int, float]] = {
+    Task.COSIA: {15: 0.0, 16: 0.0, 17: 0.0, 18: 0.0},
+    Task.LPIS: {21: 0.0, 22: 0.0},
+}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which patches, and how they are batched.
+
+    Attributes:
+        root: dataset root, a CSV list or a folder of CSV lists.
+        split: split method (``auto``, ``card``, ``split_1`` ... or a file), see ``io.catalog``.
+        departments: keep only these departments / domain-years.
+        batch_size: samples per batch (per process).
+        num_workers: DataLoader workers per process.
+        augment: flips and 90-degree rotations in training.
+        max_patches: cap per split (quick experiments); None = all.
+    """
+
+    root: Path
+    split: str = "auto"
+    departments: tuple[str, ...] | None = None
+    batch_size: int = 5
+    num_workers: int = 0
+    augment: bool = True
+    max_patches: int | None = None
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss weights.
+
+    Attributes:
+        class_weights: per task, {class: weight}; 0 leaves the class out of loss and scores.
+        task_weights: per task (default 1).
+        aux_weight: weight of the auxiliary heads' losses.
+    """
+
+    class_weights: Mapping[Task, Mapping[int, float]] = field(
+        default_factory=lambda: {t: dict(w) for t, w in DEFAULT_CLASS_WEIGHTS.items()}
+    )
+    task_weights: Mapping[Task, float] = field(default_factory=dict)
+    aux_weight: float = 1.5
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and schedule; defaults are the benchmark's (spec section 6.2).
+
+    Attributes:
+        optimizer: ``adamw``, ``adam`` or ``sgd``.
+        lr: (peak) learning rate.
+        weight_decay: decoupled weight decay.
+        scheduler: ``one_cycle`` (per step), ``plateau`` (on val loss), ``cycle_then_plateau``
+            or ``none``.
+        warmup_fraction: one-cycle warm-up share of the steps.
+        div_factor: one-cycle initial lr = lr / div_factor.
+        plateau_patience: epochs without val-loss improvement before the lr halves.
+    """
+
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    scheduler: Literal["one_cycle", "plateau", "cycle_then_plateau", "none"] = "one_cycle"
+    warmup_fraction: float = 0.2
+    div_factor: float = 1000.0
+    plateau_patience: int = 10
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop.
+
+    Attributes:
+        output_dir: run folder (checkpoints, logs, reports, predictions).
+        max_epochs: epochs.
+        seed: seeds Python, numpy and torch (and loader workers).
+        accumulate_grad_batches: gradient accumulation.
+        precision: ``32-true``, ``bf16-mixed`` or ``16-mixed`` (mixed precision needs a GPU).
+        accelerator: ``auto``, ``cpu``, ``gpu``.
+        devices: ``auto`` or a count.
+        num_nodes: machines (DDP).
+        strategy: ``auto``, ``ddp``, ``ddp_spawn`` ...
+        early_stopping_patience: epochs without val mIoU improvement; None disables it.
+        limit_train_batches: Lightning's limit (fraction or count) for quick runs.
+        limit_val_batches: likewise for validation.
+        log_every_n_steps: logging period.
+        progress_bar: show a progress bar.
+    """
+
+    output_dir: Path = Path("runs/flairkit")
+    max_epochs: int = 150
+    seed: int = 2025
+    accumulate_grad_batches: int = 1
+    precision: Literal["32-true", "32", "bf16-mixed", "16-mixed"] = "32-true"
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    early_stopping_patience: int | None = 20
+    limit_train_batches: float | int = 1.0
+    limit_val_batches: float | int = 1.0
+    log_every_n_steps: int = 10
+    progress_bar: bool = True
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a ``flairkit fit | validate | test | predict`` run needs.
+
+    Attributes:
+        data: patches and batching.
+        model: the network.
+        preprocess: inputs and labels preparation (saved with the model).
+        train: the loop.
+        loss: loss weights.
+        optim: optimiser and schedule.
+        preset: benchmark preset the model came from (for published scores), if any.
+    """
+
+    data: DataConfig
+    model: ModelConfig
+    preprocess: PreprocessConfig
+    train: TrainConfig = TrainConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    preset: str | None = None
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``dotted.key=value`` overrides (values parsed as YAML) to nested plain data.
+
+    Raises:
+        ConfigError: an override without ``=``.
+    """
+    out = yaml.safe_load(yaml.safe_dump(data)) if data else {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.max_epochs=3")
+        key, _, text = item.partition("=")
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(text)
+    return out
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a run YAML (plus overrides) into a validated RunConfig.
+
+    ``model.preset: LC-D`` fills the model's inputs, tasks, patch sizes and auxiliary heads
+    from the benchmark preset; keys given next to it override those. ``preprocess`` defaults
+    to the benchmark's preparation of the model's inputs and tasks. Relative paths are
+    resolved against the YAML's folder.
+
+    Raises:
+        ConfigError: with the dotted path of the bad key.
+    """
+    raw = load_yaml(path) if path is not None else {}
+    raw = apply_overrides(raw or {}, overrides or [])
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    base = Path(path).parent if path is not None else Path.cwd()
+    raw = dict(raw)
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{sorted(unknown)[0]}: unknown key; valid: {', '.join(sorted(known))}")
+    if "data" not in raw or "root" not in (raw.get("data") or {}):
+        raise ConfigError("data.root: missing (the dataset root)")
+    data_raw = dict(raw["data"])
+    data_raw["root"] = str(_resolve(base, data_raw["root"]))
+    model_raw = dict(raw.get("model") or {})
+    preset = model_raw.pop("preset", None) or raw.get("preset")
+    if preset is not None:
+        from flairkit.models.presets import preset_config
+
+        aux = model_raw.pop("aux", True)
+        preset_fields = to_dict(preset_config(str(preset), aux=bool(aux)))
+        model_raw = {**preset_fields, **model_raw}
+    if "pretrained_path" in model_raw and model_raw["pretrained_path"]:
+        model_raw["pretrained_path"] = str(_resolve(base, model_raw["pretrained_path"]))
+    model = from_dict(ModelConfig, model_raw, "model")
+    pre_raw = raw.get("preprocess") or {}
+    default_pre = to_dict(preprocess_config_for(list(model.inputs), tuple(model.tasks)))
+    preprocess = from_dict(PreprocessConfig, _merge(default_pre, pre_raw), "preprocess")
+    train_raw = dict(raw.get("train") or {})
+    if "output_dir" in train_raw:
+        train_raw["output_dir"] = str(_resolve(base, train_raw["output_dir"]))
+    else:  # runs/<config name> in the working directory
+        stem = Path(path).stem if path is not None else "flairkit"
+        train_raw["output_dir"] = str((Path.cwd() / "runs" / stem).resolve())
+    return RunConfig(
+        data=from_dict(DataConfig, data_raw, "data"),
+        model=model,
+        preprocess=preprocess,
+        train=from_dict(TrainConfig, train_raw, "train"),
+        loss=from_dict(LossConfig, raw.get("loss") or {}, "loss"),
+        optim=from_dict(OptimConfig, raw.get("optim") or {}, "optim"),
+        preset=str(preset).upper() if preset else None,
+    )
+
+
+def _resolve(base: Path, value: str | Path) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _merge(base: Any, update: Any) -> Any:
+    """Recursive dict merge: ``update`` wins; ``inputs`` of preprocess are replaced per modality."""
+    if isinstance(base, dict) and isinstance(update, dict):
+        out = dict(base)
+        for key, value in update.items():
+            out[key] = _merge(base.get(key), value) if key in base else value
+        return out
+    return update
+
+
+def save_run_config(config: RunConfig, path: str | Path) -> Path:
+    """Write the resolved config as YAML (next to each run)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
+    return path

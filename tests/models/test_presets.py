@@ -106,3 +106,48 @@ def test_building_never_touches_the_network(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(socket, "create_connection", refuse)
     with torch.device("meta"):
         build_model(preset_config("LC-L"))
+
+
+def _synthesise_file(manifest: str, path) -> None:
+    """A weights file with random tensors of the manifest's shapes, as the hub would serve it."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    state = {}
+    for t in load_manifest(manifest)["tensors"]:
+        dtype = getattr(torch, t["dtype"])
+        if dtype.is_floating_point:
+            state[t["key"]] = torch.randn(t["shape"], generator=g, dtype=dtype)
+        else:
+            state[t["key"]] = torch.zeros(t["shape"], dtype=dtype)
+    save_file(state, str(path))
+
+
+def _load_synthesised(manifest: str, tmp_path) -> None:
+    from flairkit.models.official import load_published_weights, read_weights_file
+
+    model_id, _, variant = manifest.partition(".")
+    path = tmp_path / f"{manifest}.safetensors"
+    _synthesise_file(manifest, path)
+    model = build_model(preset_config(model_id, aux=variant != "no-aux"))
+    report = load_published_weights(model, path)
+    state = read_weights_file(path)
+    assert report.loaded + len(report.ignored) == len(state)
+    # values really landed: compare one tensor per group
+    own = model.state_dict()
+    for key, value in state.items():
+        if key in report.ignored:
+            continue
+        if key.startswith("encoders.") and key.endswith("patch_embed.proj.weight"):
+            mod = key.split(".")[1]
+            assert torch.equal(own[f"encoders.{mod}.model.patch_embed.proj.weight"], value)
+
+
+def test_synthesised_file_loads_lpis_i_no_aux(tmp_path) -> None:
+    _load_synthesised("LPIS-I.no-aux", tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("manifest", ["LC-L", "LC-L.no-aux", "LC-ALL", "LC-ALL.no-aux"])
+def test_synthesised_file_loads_large(manifest: str, tmp_path) -> None:
+    _load_synthesised(manifest, tmp_path)

@@ -12,9 +12,6 @@ from flairkit.models.fusion import MultiScaleFusion
 from flairkit.models.segmenter import MultiModalSegmenter, aux_key
 from flairkit.models.utae import UTAE, fused_out_conv, fused_utae_widths
 
-#: Default output grid: the label grid of a 102.4 m patch at 0.2 m.
-DEFAULT_OUT_PX = 512
-
 
 def split_arch(arch: str) -> tuple[str, str]:
     """``"<encoder>-<decoder>"`` -> (encoder, decoder); the decoder is after the last ``-``."""
@@ -29,12 +26,12 @@ def canonical_order(modalities: list[Modality] | tuple[Modality, ...]) -> list[M
     return sorted(modalities, key=INPUT_MODALITIES.index)
 
 
-def build_model(cfg: ModelConfig, out_px: int = DEFAULT_OUT_PX) -> MultiModalSegmenter:
+def build_model(cfg: ModelConfig, out_px: int | None = None) -> MultiModalSegmenter:
     """Build the multimodal segmenter a config describes.
 
     Args:
         cfg: the model configuration.
-        out_px: default output size in pixels (label grid).
+        out_px: default output size in pixels (label grid); default ``cfg.out_px``.
 
     Returns:
         A MultiModalSegmenter with random weights (or the local pretrained backbone weights of
@@ -121,7 +118,7 @@ def build_model(cfg: ModelConfig, out_px: int = DEFAULT_OUT_PX) -> MultiModalSeg
         heads,
         aux_heads,
         cfg.tasks,
-        (out_px, out_px),
+        (out_px or cfg.out_px, out_px or cfg.out_px),
         cfg.modality_dropout,
     )
     model.config = cfg  # the recipe travels with the weights

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import nn
+
 from flairkit.config import ModelConfig
 from flairkit.modalities import Modality, Task
 
@@ -117,3 +119,51 @@ def preset_config(model_id: str, aux: bool = True, **overrides: object) -> Model
     )
     fields.update(overrides)
     return ModelConfig(**fields)  # type: ignore[arg-type]
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Parameter counts: ``total``, ``fusion`` (the 1x1 fusion convs) and ``card`` (total -
+    fusion: the convention of the dataset card's PARA column)."""
+    total = sum(p.numel() for p in model.parameters())
+    fusion_module = getattr(model, "fusion", None)
+    fusion = sum(p.numel() for p in fusion_module.parameters()) if fusion_module is not None else 0
+    return {"total": total, "fusion": fusion, "card": total - fusion}
+
+
+def describe_presets(model_ids: list[str] | None = None, progress: bool = False) -> list[dict]:
+    """One row per preset: inputs, task, our parameter counts and the card's figures.
+
+    Models are built on the ``meta`` device: counting the 24 presets allocates no weights.
+    """
+    import torch
+
+    from flairkit.models.build import build_model
+
+    ids = [get_preset(m).model_id for m in model_ids] if model_ids else list(PRESETS)
+    iterator = ids
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(ids, desc="counting", unit="model", leave=False)
+    rows = []
+    for model_id in iterator:
+        preset = PRESETS[model_id]
+        with torch.device("meta"):
+            counts = count_parameters(build_model(preset_config(model_id)))
+        rows.append(
+            {
+                "id": model_id,
+                "task": preset.task.value,
+                "inputs": [m.value for m in preset.inputs],
+                "params": counts["card"],
+                "params_with_fusion": counts["total"],
+                "card_para_m": preset.card_para_m,
+                "diff_to_card_pct": round(
+                    100 * (counts["card"] / 1e6 - preset.card_para_m) / preset.card_para_m, 2
+                ),
+                "card_oa": preset.card_oa,
+                "card_miou": preset.card_miou,
+                "card_epochs": preset.card_epochs,
+            }
+        )
+    return rows
