@@ -19,6 +19,7 @@ from flairkit import __version__
 from flairkit.config import ConfigError
 from flairkit.io.raster import DataError
 from flairkit.modalities import Modality
+from flairkit.models.official import WeightsError
 
 log = logging.getLogger("flairkit")
 
@@ -123,6 +124,43 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
+def _add_run_commands(sub: argparse._SubParsersAction) -> None:
+    helps = {
+        "fit": "train a model (resumes from checkpoints/last.ckpt when present)",
+        "validate": "score a trained model on the validation split",
+        "test": "score a trained model on the test split; reports beside the published scores",
+        "predict": "write one georeferenced class map per patch (optional probabilities)",
+    }
+    for name, text in helps.items():
+        p = sub.add_parser(
+            name,
+            help=text,
+            description=(
+                f"{text[0].upper()}{text[1:]}. The run is described by a YAML config "
+                "(see configs/); KEY=VALUE arguments override it with dotted keys, e.g. "
+                "train.max_epochs=3 data.batch_size=2."
+            ),
+        )
+        p.add_argument("--config", "-c", type=Path, required=True, help="run YAML")
+        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+        if name == "fit":
+            p.add_argument(
+                "--no-resume", action="store_true", help="start over even if a checkpoint exists"
+            )
+        else:
+            p.add_argument(
+                "--weights", type=Path, help="model file (default: <output_dir>/model.safetensors)"
+            )
+        if name == "predict":
+            p.add_argument("--split", default="test", help="split to predict (default test)")
+            p.add_argument(
+                "--out", type=Path, help="output folder (default: <output_dir>/predictions_<split>)"
+            )
+            p.add_argument(
+                "--probabilities", action="store_true", help="also write uint8 class probabilities"
+            )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``flairkit`` command."""
     parser = argparse.ArgumentParser(
@@ -139,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(sub)
     _add_show(sub)
     _add_models(sub)
+    _add_run_commands(sub)
     return parser
 
 
@@ -248,11 +287,54 @@ def _run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_fit(args: argparse.Namespace) -> int:
+    from flairkit.config import load_run_config
+    from flairkit.training.run import fit
+
+    cfg = load_run_config(args.config, args.overrides)
+    result = fit(cfg, resume=not args.no_resume and "auto")
+    for task, s in result.val_scores.items():
+        print(f"val {task}: mIoU {s['miou']:.2f}  OA {s['oa']:.2f}")
+    print(f"best checkpoint: {result.best_checkpoint}")
+    print(f"model: {result.model_path}")
+    return 0
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from flairkit.config import load_run_config
+    from flairkit.reports import format_summary
+    from flairkit.training.run import evaluate
+
+    cfg = load_run_config(args.config, args.overrides)
+    split = "val" if args.command == "validate" else "test"
+    results = evaluate(cfg, args.weights, split)
+    for task, r in results.items():
+        print(f"{split} {task}: {format_summary(r['scores'], r['published'])}")
+        for kind, path in r["paths"].items():
+            print(f"  {kind}: {path}")
+    return 0
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from flairkit.config import load_run_config
+    from flairkit.training.run import predict
+
+    cfg = load_run_config(args.config, args.overrides)
+    written = predict(cfg, args.weights, args.split, args.out, args.probabilities)
+    folder = written[0].parent.parent if written else args.out
+    print(f"wrote {len(written)} class maps to {folder}")
+    return 0
+
+
 _COMMANDS = {
     "synth": _run_synth,
     "info": _run_info,
     "show": _run_show,
     "models": _run_models,
+    "fit": _run_fit,
+    "validate": _run_evaluate,
+    "test": _run_evaluate,
+    "predict": _run_predict,
 }
 
 
@@ -264,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return _COMMANDS[args.command](args)
-    except (DataError, ConfigError, KeyError, ValueError, FileNotFoundError) as exc:
+    except (DataError, ConfigError, KeyError, ValueError, FileNotFoundError, WeightsError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"flairkit {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -1,0 +1,217 @@
+"""SegmentationTask: the LightningModule that trains, validates, tests and predicts.
+
+Holds the model, the loss and one confusion matrix per task and stage. Validation mIoU is the
+benchmark's (ignored classes dropped), not the reference's support-weighted Jaccard. RNG states
+travel in the checkpoint so a resumed run continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from flairkit.config import LossConfig, ModelConfig, OptimConfig, PreprocessConfig, to_dict
+from flairkit.data.sample import Batch
+from flairkit.metrics import ConfusionMatrix, scores
+from flairkit.modalities import Task
+from flairkit.models.build import build_model
+from flairkit.training.losses import MultiTaskLoss
+
+
+def ignored_classes(loss: LossConfig, task: Task) -> tuple[int, ...]:
+    """Classes with weight 0 for a task: left out of the loss and of the scores."""
+    return tuple(sorted(int(c) for c, w in loss.class_weights.get(task, {}).items() if w == 0))
+
+
+class SegmentationTask(L.LightningModule):
+    """Train and evaluate a MultiModalSegmenter.
+
+    Args:
+        model_config: the network.
+        preprocess: the data preparation the model expects (saved with it).
+        loss: loss weights.
+        optim: optimiser and schedule.
+        groups_of: optional map patch id -> group (department) for per-group scores.
+    """
+
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        preprocess: PreprocessConfig,
+        loss: LossConfig = LossConfig(),
+        optim: OptimConfig = OptimConfig(),
+    ) -> None:
+        super().__init__()
+        self.model_config = model_config
+        self.preprocess_config = preprocess
+        self.loss_config = loss
+        self.optim_config = optim
+        self.model = build_model(model_config)
+        self.criterion = MultiTaskLoss(
+            model_config.tasks, loss.class_weights, loss.task_weights, loss.aux_weight
+        )
+        self.tasks = list(model_config.tasks)
+        # Registered as modules so they follow the model to its device.
+        self.matrices = nn.ModuleDict(
+            {
+                stage: nn.ModuleDict(
+                    {t.name: ConfusionMatrix(model_config.tasks[t]) for t in self.tasks}
+                )
+                for stage in ("val", "test")
+            }
+        )
+        self.save_hyperparameters(
+            {
+                "model": to_dict(model_config),
+                "preprocess": to_dict(preprocess),
+                "loss": to_dict(loss),
+                "optim": to_dict(optim),
+            }
+        )
+
+    # -- steps ------------------------------------------------------------------------------
+    def forward(self, batch: Batch) -> dict[Task, Tensor]:
+        """Logits per task."""
+        return self.model(batch)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        """One optimisation step's loss."""
+        out = self.model.forward_all(batch)
+        loss, parts = self.criterion(out.logits, batch.labels, out.aux)
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch))
+        for name, value in parts.items():
+            self.log(f"train_{name}", value, batch_size=len(batch))
+        return loss
+
+    def _evaluate(self, batch: Batch, stage: str) -> Tensor:
+        out = self.model.forward_all(batch)
+        loss, _ = self.criterion(out.logits, batch.labels, out.aux)
+        groups = [pid.split("-", 1)[0] for pid in batch.patch_ids]  # department of each patch
+        for task in self.tasks:
+            pred = out.logits[task].argmax(dim=1)
+            self.matrices[stage][task.name].update(batch.labels[task], pred, groups)
+        self.log(
+            f"{stage}_loss", loss, prog_bar=stage == "val", sync_dist=True, batch_size=len(batch)
+        )
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        """Loss and confusion matrices on a validation batch."""
+        return self._evaluate(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        """Loss and confusion matrices on a test batch."""
+        return self._evaluate(batch, "test")
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
+        """Probabilities per task with the batch's ids and footprints."""
+        logits = self.model(batch)
+        return {
+            "probs": {t: torch.softmax(x.float(), dim=1).cpu() for t, x in logits.items()},
+            "patch_ids": batch.patch_ids,
+            "bounds": batch.bounds,
+            "crs": batch.crs,
+        }
+
+    # -- epoch ends: exact scores over the whole set --------------------------------------------
+    def _epoch_scores(self, stage: str) -> dict[Task, dict]:
+        results = {}
+        mious = []
+        for task in self.tasks:
+            matrix = self.matrices[stage][task.name]
+            matrix.sync()
+            result = scores(matrix.compute(), ignored=ignored_classes(self.loss_config, task))
+            results[task] = result
+            mious.append(result["miou"])
+            self.log(f"{stage}_miou_{task.name}", result["miou"], sync_dist=False)
+            self.log(f"{stage}_oa_{task.name}", result["oa"], sync_dist=False)
+        self.log(f"{stage}_miou", float(np.mean(mious)), prog_bar=True, sync_dist=False)
+        return results
+
+    def on_validation_epoch_start(self) -> None:
+        for m in self.matrices["val"].values():
+            m.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self.last_val_scores = self._epoch_scores("val")
+
+    def on_test_epoch_start(self) -> None:
+        for m in self.matrices["test"].values():
+            m.reset()
+
+    def on_test_epoch_end(self) -> None:
+        self.last_test_scores = self._epoch_scores("test")
+        self.last_test_matrices = {
+            t: (
+                self.matrices["test"][t.name].compute().cpu(),
+                self.matrices["test"][t.name].compute_groups(),
+            )
+            for t in self.tasks
+        }
+
+    # -- optimisation ---------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        """AdamW (or Adam/SGD) and the benchmark's schedules."""
+        cfg = self.optim_config
+        params = [p for p in self.parameters() if p.requires_grad]
+        if cfg.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        elif cfg.optimizer == "adam":
+            optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(
+                params, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.9
+            )
+        if cfg.scheduler == "none":
+            return optimizer
+        if cfg.scheduler == "plateau":
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, factor=0.5, patience=cfg.plateau_patience, cooldown=4, min_lr=1e-7
+            )
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": plateau, "monitor": "val_loss", "interval": "epoch"},
+            }
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        one_cycle = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=cfg.lr,
+            total_steps=total,
+            pct_start=1.0 if cfg.scheduler == "cycle_then_plateau" else cfg.warmup_fraction,
+            div_factor=cfg.div_factor,
+            cycle_momentum=False,
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": one_cycle, "interval": "step"},
+        }
+
+    # -- exact resume ---------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the RNG states: a resumed run then draws what the uninterrupted run would."""
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        # Plain types and tensors only: checkpoints load with torch.load(weights_only=True).
+        checkpoint["flairkit_rng"] = {
+            "python": random.getstate(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the RNG states saved by ``on_save_checkpoint``."""
+        state = checkpoint.get("flairkit_rng")
+        if not state:
+            return
+        python = state["python"]
+        random.setstate((python[0], tuple(python[1]), python[2]))
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
