@@ -29,6 +29,19 @@ def report_stem(task: Task) -> str:
     return Task(task).name.lower()
 
 
+def report_paths(out_dir: str | Path, task: Task) -> dict[str, Path]:
+    """The files ``write_report`` writes for a task: keys ``json``, ``markdown``,
+    ``confusion_png`` and ``iou_png``."""
+    out = Path(out_dir)
+    stem = report_stem(task)
+    return {
+        "json": out / f"metrics_{stem}.json",
+        "markdown": out / f"report_{stem}.md",
+        "confusion_png": out / f"confusion_{stem}.png",
+        "iou_png": out / f"iou_{stem}.png",
+    }
+
+
 def write_report(
     out_dir: str | Path,
     task: Task,
@@ -81,15 +94,8 @@ def write_report(
     groups = {g: np.asarray(m, dtype=np.int64) for g, m in sorted((per_group or {}).items())}
     group_scores = {g: scores(m, ignored, names) for g, m in groups.items()}
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = report_stem(task)
-    paths = {
-        "json": out / f"metrics_{stem}.json",
-        "markdown": out / f"report_{stem}.md",
-        "confusion_png": out / f"confusion_{stem}.png",
-        "iou_png": out / f"iou_{stem}.png",
-    }
+    paths = report_paths(out_dir, task)
+    paths["json"].parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "task": task.value,
         "title": title,
@@ -109,7 +115,12 @@ def write_report(
     )
     plot_confusion(paths["confusion_png"], full, ignored, classes, title)
     plot_iou(paths["iou_png"], summary, classes, published, title)
-    log.info("wrote %s report to %s: %s", task.name, out, format_summary(summary, published))
+    log.info(
+        "wrote %s report to %s: %s",
+        task.name,
+        paths["json"].parent,
+        format_summary(summary, published),
+    )
     return paths
 
 

@@ -1,4 +1,12 @@
-"""Lightning DataModule over a Catalog: train / val / test / predict loaders."""
+"""Lightning DataModule over a Catalog: train / val / test / predict loaders.
+
+Under several processes (DDP), Lightning gives each loader a ``DistributedSampler``, which pads
+the dataset to a multiple of the world size by repeating samples: summed confusion matrices
+would count those samples twice. The val / test / predict loaders therefore get an
+``UnrepeatedDistributedSampler`` here (each sample on exactly one rank, ranks off by at most
+one sample); Lightning leaves a loader alone when its sampler already is a
+``DistributedSampler``. The training loader keeps Lightning's shuffled, seeded sampler.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,9 @@ import logging
 from collections.abc import Sequence
 
 import lightning as L
-from torch.utils.data import DataLoader
+import torch.distributed as dist
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from flairkit.config import PreprocessConfig
 from flairkit.data.datasets import PatchDataset
@@ -32,6 +42,8 @@ class FlairDataModule(L.LightningDataModule):
             ``None`` disables it.
         predict_split: split used by ``predict_dataloader``.
         drop_last: drop the last incomplete training batch.
+        test_split: split used by ``test_dataloader`` (``val`` scores the validation set
+            with the test loop).
     """
 
     def __init__(
@@ -43,6 +55,7 @@ class FlairDataModule(L.LightningDataModule):
         augment: FlipRotate | None = FlipRotate(),
         predict_split: str = "test",
         drop_last: bool = False,
+        test_split: str = "test",
     ) -> None:
         super().__init__()
         self.catalog = catalog
@@ -53,6 +66,7 @@ class FlairDataModule(L.LightningDataModule):
         self.augment = augment
         self.predict_split = predict_split
         self.drop_last = drop_last
+        self.test_split = test_split
         self.dates: DatesIndex | None = None
         self.datasets: dict[str, PatchDataset] = {}
 
@@ -80,10 +94,13 @@ class FlairDataModule(L.LightningDataModule):
         dataset = self.datasets[split]
         if len(dataset) == 0:
             raise ValueError(f"the {split} split of {self.catalog.root} holds no patch")
+        # Training (shuffle) is left to Lightning, which injects a seeded DistributedSampler.
+        sampler = None if shuffle else _unrepeated_sampler(dataset, split)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate,
             drop_last=drop_last,
@@ -99,8 +116,8 @@ class FlairDataModule(L.LightningDataModule):
         return self._loader("val", shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        """Test batches, in catalog order."""
-        return self._loader("test", shuffle=False)
+        """Batches of ``test_split``, in catalog order."""
+        return self._loader(self.test_split, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
         """Batches of ``predict_split``, in catalog order."""
@@ -110,3 +127,24 @@ class FlairDataModule(L.LightningDataModule):
     def splits(self) -> Sequence[str]:
         """Splits with at least one patch."""
         return [s for s in ("train", "val", "test") if self.catalog.filter(split=s).refs]
+
+
+def _unrepeated_sampler(dataset: Dataset, split: str) -> UnrepeatedDistributedSampler | None:
+    """Each sample on exactly one rank when several processes run; None for one process.
+
+    The loaders are built by Lightning after it starts the process group, so the world size
+    is known here.
+
+    Raises:
+        ValueError: fewer samples than processes: a rank without a batch would leave the
+            others waiting in the epoch-end reductions.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return None
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if len(dataset) < world:
+        raise ValueError(
+            f"the {split} split holds {len(dataset)} patches for {world} processes: "
+            "every process needs at least one (use fewer devices)"
+        )
+    return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)

@@ -1,24 +1,34 @@
-"""fit / validate / test / predict: a RunConfig in, checkpoints, reports and GeoTIFFs out."""
+"""fit / validate / test / predict: a RunConfig in, checkpoints, reports and GeoTIFFs out.
+
+Several processes (``train.devices`` > 1, ``strategy: ddp`` or ``ddp_spawn``): with
+``ddp_spawn`` the stages run in worker processes and only the weights, the best checkpoint path
+and the logged scalars come back to the caller. So whatever a stage produces is written by the
+workers through the callbacks below (reports and validation scores by rank 0, once the
+confusion matrices are summed over all processes; class maps by the rank that predicted them)
+and the caller reads the files back. The same code then serves one process, ``ddp`` (every
+process runs the caller's code) and ``ddp_spawn``.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import BasePredictionWriter
 
 from flairkit.checkpoint import load_model, save_model
-from flairkit.config import RunConfig, save_run_config
+from flairkit.config import LossConfig, RunConfig, save_run_config
 from flairkit.data.datamodule import FlairDataModule
 from flairkit.io.catalog import Catalog
 from flairkit.io.writers import write_class_map
-from flairkit.metrics import scores
 from flairkit.modalities import Task, class_table
 from flairkit.models.presets import get_preset
-from flairkit.reports import write_report
+from flairkit.reports import report_paths, write_report
 from flairkit.training.task import SegmentationTask, ignored_classes
 from flairkit.transforms.augment import FlipRotate
 
@@ -81,23 +91,28 @@ def sizes_from_data(datamodule: FlairDataModule, split: str = "train") -> tuple[
     return img_sizes, out_px
 
 
-def _trainer(cfg: RunConfig, stage: str, resuming: bool = False) -> L.Trainer:
+def _trainer(
+    cfg: RunConfig, stage: str, resuming: bool = False, extra_callbacks: list | None = None
+) -> L.Trainer:
     out = cfg.train.output_dir
-    callbacks: list[L.Callback] = []
+    callbacks: list[L.Callback] = list(extra_callbacks or [])
     loggers: list[Any] = []
     if stage == "fit":
         from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
+        checkpoints = out / "checkpoints"
         callbacks.append(
             ModelCheckpoint(
-                dirpath=out / "checkpoints",
+                dirpath=checkpoints,
                 filename="best-{epoch:03d}",
                 monitor="val_miou",
                 mode="max",
                 save_top_k=1,
-                save_last=True,
             )
         )
+        # Lightning's save_last only refreshes last.ckpt when a top-k file is written; a
+        # resume point must be written after every epoch, so it gets its own callback.
+        callbacks.append(ModelCheckpoint(dirpath=checkpoints, filename="last", save_top_k=1))
         if cfg.train.early_stopping_patience is not None:
             callbacks.append(
                 EarlyStopping(
@@ -134,13 +149,14 @@ def _trainer(cfg: RunConfig, stage: str, resuming: bool = False) -> L.Trainer:
     )
 
 
-def fit(cfg: RunConfig, resume: bool | str = "auto") -> FitResult:
+def fit(cfg: RunConfig, resume: bool | str = "auto", callbacks: list | None = None) -> FitResult:
     """Train, keeping the best (val mIoU) and last checkpoints; export the best model.
 
     Args:
         cfg: the run.
         resume: ``auto`` continues from ``checkpoints/last.ckpt`` when present; True requires
             it; False starts over.
+        callbacks: extra Lightning callbacks.
     """
     out = Path(cfg.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -159,24 +175,80 @@ def fit(cfg: RunConfig, resume: bool | str = "auto") -> FitResult:
     cfg = replace(cfg, model=model_cfg)
     save_run_config(cfg, out / "config.yaml")
     task = SegmentationTask(cfg.model, cfg.preprocess, cfg.loss, cfg.optim)
-    trainer = _trainer(cfg, "fit", resuming)
+    val_path = out / "val_scores.json"
+    callbacks = [*(callbacks or []), _ValScoresWriter(val_path)]
+    trainer = _trainer(cfg, "fit", resuming, callbacks)
     trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if resuming else None)
     checkpoint_cb = trainer.checkpoint_callback
     best = Path(checkpoint_cb.best_model_path) if checkpoint_cb.best_model_path else last
-    best_model = load_model(best)[0] if best.is_file() else task.model
-    model_path = save_model(
-        out / "model.safetensors",
-        best_model,
-        cfg.model,
-        cfg.preprocess,
-        extra={
-            "preset": cfg.preset,
-            "loss": {t.value: list(ignored_classes(cfg.loss, t)) for t in cfg.model.tasks},
-        },
-    )
-    val = {t.value: s for t, s in getattr(task, "last_val_scores", {}).items()}
-    (out / "val_scores.json").write_text(json.dumps(val, indent=2))
+    model_path = out / "model.safetensors"
+    if trainer.is_global_zero:  # with strategy ddp every process runs this code
+        best_model = load_model(best)[0] if best.is_file() else task.model
+        save_model(
+            model_path,
+            best_model,
+            cfg.model,
+            cfg.preprocess,
+            extra={
+                "preset": cfg.preset,
+                "loss": {t.value: list(ignored_classes(cfg.loss, t)) for t in cfg.model.tasks},
+            },
+        )
+    val = json.loads(val_path.read_text()) if val_path.is_file() else {}
     return FitResult(best, last, model_path, val)
+
+
+class _ValScoresWriter(L.Callback):
+    """Writes the scores of each validation epoch (summed over all processes) on rank 0."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: SegmentationTask) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        val = {t.value: s for t, s in getattr(pl_module, "last_val_scores", {}).items()}
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(val, indent=2))
+        os.replace(tmp, self.path)  # readers never see a half-written file
+
+
+class _ReportWriter(L.Callback):
+    """Writes the test reports on rank 0 once the test matrices are summed over all processes.
+
+    ``on_test_end`` runs after ``SegmentationTask.on_test_epoch_end``, which syncs the matrices.
+    """
+
+    def __init__(
+        self,
+        out_dir: Path,
+        loss: LossConfig,
+        lpis_level: int,
+        published: dict[str, Any] | None,
+        title: str,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.loss = loss
+        self.lpis_level = lpis_level
+        self.published = published
+        self.title = title
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: SegmentationTask) -> None:
+        try:
+            if trainer.is_global_zero:
+                for t, (matrix, groups) in pl_module.last_test_matrices.items():
+                    write_report(
+                        self.out_dir,
+                        t,
+                        matrix,
+                        groups,
+                        ignored_classes(self.loss, t),
+                        self.published,
+                        title=self.title,
+                        level=self.lpis_level if t is Task.LPIS else 1,
+                    )
+        finally:  # with strategy ddp, the other processes read the reports next
+            trainer.strategy.barrier("flairkit_reports")
 
 
 def _check_resumable(cfg: RunConfig, previous_path: Path) -> None:
@@ -214,35 +286,31 @@ def evaluate(
         Per task: scores, per-department scores, report paths, and the published scores of the
         preset if the run has one.
     """
+    if split not in ("val", "test"):
+        raise ValueError(f"split must be val or test, got {split!r}")
     model, preprocess = load_model(_weights_for(cfg, weights))
     task = SegmentationTask(model.config, preprocess, cfg.loss, cfg.optim)
     task.model.load_state_dict(model.state_dict())
     datamodule = make_datamodule(cfg, preprocess=preprocess)
-    datamodule.setup()
-    trainer = _trainer(cfg, "test")
-    loader = {"test": datamodule.test_dataloader, "val": datamodule.val_dataloader}[split]()
-    trainer.test(task, dataloaders=loader, verbose=False)
+    # The loaders are built by the trainer, in each process, so that they split the set
+    # across processes without repeating samples (see FlairDataModule).
+    datamodule.test_split = split
     published = None
     if cfg.preset:
         preset = get_preset(cfg.preset)
         published = {"model_id": preset.model_id, "oa": preset.card_oa, "miou": preset.card_miou}
-    results: dict[str, Any] = {}
     out_dir = Path(cfg.train.output_dir) / f"report_{split}"
-    for t, (matrix, groups) in task.last_test_matrices.items():
-        ignored = ignored_classes(cfg.loss, t)
-        names = [c.name for c in class_table(t, preprocess.lpis_level)]
-        paths = write_report(
-            out_dir,
-            t,
-            matrix,
-            groups,
-            ignored,
-            published,
-            title=f"{cfg.preset or 'flairkit'} {split}",
-            level=preprocess.lpis_level if t is Task.LPIS else 1,
-        )
+    writer = _ReportWriter(
+        out_dir, cfg.loss, preprocess.lpis_level, published, f"{cfg.preset or 'flairkit'} {split}"
+    )
+    trainer = _trainer(cfg, "test", extra_callbacks=[writer])
+    trainer.test(task, datamodule=datamodule, verbose=False)
+    results: dict[str, Any] = {}
+    for t in task.tasks:
+        paths = report_paths(out_dir, t)
+        payload = json.loads(paths["json"].read_text())
         results[t.value] = {
-            "scores": scores(matrix, ignored, names),
+            "scores": payload["scores"],
             "paths": {k: str(v) for k, v in paths.items()},
             "published": published,
         }
@@ -265,23 +333,56 @@ def predict(
     )  # fmt: skip
     task = SegmentationTask(model.config, preprocess, cfg.loss, cfg.optim)
     task.model.load_state_dict(model.state_dict())
-    trainer = _trainer(cfg, "predict")
-    outputs = trainer.predict(task, datamodule=datamodule)
     out_dir = Path(out_dir or Path(cfg.train.output_dir) / f"predictions_{split}")
-    written = []
-    for batch_out in outputs or []:
-        for t, probs in batch_out["probs"].items():
-            classes = class_table(t, preprocess.lpis_level)
-            for i, patch_id in enumerate(batch_out["patch_ids"]):
-                path = out_dir / t.value / f"PRED_{patch_id}.tif"
-                written.append(
-                    write_class_map(
-                        path,
-                        probs[i].argmax(0).numpy().astype("uint8"),
-                        batch_out["bounds"][i],
-                        batch_out["crs"][i],
-                        classes,
-                        probs[i].numpy() if probabilities else None,
-                    )
-                )
+    writer = _MapWriter(out_dir, preprocess.lpis_level, probabilities)
+    trainer = _trainer(cfg, "predict", extra_callbacks=[writer])
+    # Each process writes the maps of its own patches: nothing to send back.
+    trainer.predict(task, datamodule=datamodule, return_predictions=False)
+    written = [
+        _map_path(out_dir, t, ref.patch_id)
+        for ref in catalog.filter(split=split).refs
+        for t in task.tasks
+    ]
+    missing = [p for p in written if not p.is_file()]
+    if missing:
+        raise RuntimeError(f"{len(missing)} class maps were not written, e.g. {missing[0]}")
     return written
+
+
+def _map_path(out_dir: Path, task: Task, patch_id: str) -> Path:
+    return out_dir / task.value / f"PRED_{patch_id}.tif"
+
+
+class _MapWriter(BasePredictionWriter):
+    """Writes the class maps of each predicted batch, in the process that predicted it."""
+
+    def __init__(self, out_dir: Path, lpis_level: int, probabilities: bool) -> None:
+        super().__init__(write_interval="batch")
+        self.out_dir = Path(out_dir)
+        self.lpis_level = lpis_level
+        self.probabilities = probabilities
+
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: dict[str, Any],
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        for t, probs in prediction["probs"].items():
+            classes = class_table(t, self.lpis_level)
+            for i, patch_id in enumerate(prediction["patch_ids"]):
+                write_class_map(
+                    _map_path(self.out_dir, t, patch_id),
+                    probs[i].argmax(0).numpy().astype("uint8"),
+                    prediction["bounds"][i],
+                    prediction["crs"][i],
+                    classes,
+                    probs[i].numpy() if self.probabilities else None,
+                )
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.strategy.barrier("flairkit_maps")  # with ddp, every process checks all maps next

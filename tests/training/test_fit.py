@@ -1,0 +1,133 @@
+"""fit / evaluate / predict end to end on the synthetic dataset; exact resume after a kill."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+import yaml
+
+from flairkit.checkpoint import load_model
+from flairkit.config import load_run_config
+from flairkit.io.catalog import Catalog
+from flairkit.modalities import COSIA_CLASSES, Modality, hex_to_rgb
+from flairkit.training.run import evaluate, fit, predict
+
+
+def write_config(path: Path, root: Path, out: Path, **train) -> Path:
+    config = {
+        "data": {"root": str(root), "batch_size": 2},
+        "model": {
+            "inputs": {"AERIAL_RGBI": 3},
+            "img_sizes": {"AERIAL_RGBI": 64},
+            "tasks": {"AERIAL_LABEL-COSIA": 19},
+            "arch": "resnet18-unet",
+        },
+        "train": {"max_epochs": 1, "progress_bar": False, "output_dir": str(out), **train},
+        "optim": {"lr": 0.001},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("fit")
+    cfg = load_run_config(
+        write_config(tmp / "run.yaml", synthetic_root, tmp / "run", limit_train_batches=3)
+    )
+    return cfg, fit(cfg)
+
+
+def test_fit_writes_checkpoints_logs_and_model(trained) -> None:
+    cfg, result = trained
+    out = cfg.train.output_dir
+    assert result.best_checkpoint.is_file() and result.last_checkpoint.is_file()
+    assert (out / "config.yaml").is_file() and (out / "logs" / "metrics.csv").is_file()
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    model, preprocess = load_model(result.model_path)
+    assert preprocess == cfg.preprocess
+    assert model.config.img_sizes == {Modality.AERIAL_RGBI: 64} and model.config.out_px == 64
+    assert 0.0 <= result.val_scores["AERIAL_LABEL-COSIA"]["miou"] <= 100.0
+    # the exported weights are the best checkpoint's
+    state = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, state[f"model.{key}"])
+
+
+def test_evaluate_writes_reports(trained) -> None:
+    cfg, _ = trained
+    results = evaluate(cfg, split="test")
+    r = results["AERIAL_LABEL-COSIA"]
+    assert r["scores"]["num_classes"] == 15  # 19 minus the 4 ignored classes
+    for path in r["paths"].values():
+        assert Path(path).is_file() and Path(path).stat().st_size > 0
+
+
+def test_predict_writes_georeferenced_class_maps(trained, synthetic_root: Path) -> None:
+    cfg, _ = trained
+    written = predict(cfg, split="test", probabilities=True)
+    catalog = Catalog.scan(synthetic_root).filter(split="test")
+    assert len(written) == len(catalog)
+    ref = catalog.refs[0]
+    path = next(p for p in written if ref.patch_id in p.name)
+    with rasterio.open(path) as pred, rasterio.open(ref.path(Modality.COSIA)) as label:
+        assert pred.dtypes == ("uint8",) and pred.count == 1
+        assert pred.crs == label.crs and np.allclose(pred.bounds, label.bounds)
+        assert (pred.width, pred.height) == (label.width, label.height)
+        assert pred.colormap(1)[0][:3] == hex_to_rgb(COSIA_CLASSES[0].colour)
+        assert pred.read(1).max() < 19
+    with rasterio.open(path.with_name(path.stem + "_proba.tif")) as proba:
+        assert proba.count == 19 and proba.dtypes[0] == "uint8"
+        total = proba.read().astype(int).sum(0)
+        assert np.all(np.abs(total - 255) <= 19)  # quantised probabilities sum to ~1
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    import lightning as L
+    from flairkit.config import load_run_config
+    from flairkit.training.run import fit
+
+    class Kill(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.current_epoch == 2 and trainer.global_step == 2 * 3 + 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    fit(load_run_config(sys.argv[1]), callbacks=[Kill()])
+    """
+)
+
+
+def test_killed_run_resumes_to_the_same_weights(synthetic_root: Path, tmp_path: Path) -> None:
+    train = dict(max_epochs=4, limit_train_batches=3, limit_val_batches=2, seed=7)
+    straight = load_run_config(
+        write_config(tmp_path / "a.yaml", synthetic_root, tmp_path / "a", **train)
+    )
+    fit(straight)
+    config_b = write_config(tmp_path / "b.yaml", synthetic_root, tmp_path / "b", **train)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_SCRIPT, str(config_b)], capture_output=True, text=True
+    )
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    last = torch.load(
+        tmp_path / "b" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
+    assert last["epoch"] == 1  # killed in the third epoch (index 2): epochs 0 and 1 are on disk
+    fit(load_run_config(config_b))  # resumes from last.ckpt
+    a = torch.load(
+        tmp_path / "a" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
+    b = torch.load(
+        tmp_path / "b" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
+    assert a["epoch"] == b["epoch"] == 3 and a["global_step"] == b["global_step"] == 12
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
