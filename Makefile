@@ -19,11 +19,15 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# synth -> info -> show -> fit a small aerial + Sentinel-2 crop-type model on CPU -> test -> report.
 demo: install
 	$(VENV)/bin/flairkit synth $(DEMO_DIR)/data --seed 0 --aerial-px 256 --progress
 	$(VENV)/bin/flairkit info $(DEMO_DIR)/data
 	$(VENV)/bin/flairkit show $(DEMO_DIR)/data --png $(DEMO_DIR)/patch.png
+	$(VENV)/bin/flairkit fit --config configs/demo.yaml --no-resume train.progress_bar=false
+	$(VENV)/bin/flairkit test --config configs/demo.yaml train.progress_bar=false
 	@echo "demo figure: $(abspath $(DEMO_DIR)/patch.png)"
+	@echo "demo report: $(abspath $(DEMO_DIR)/run/report_test)"
 
 test: install
 	$(PY) -m pytest -q

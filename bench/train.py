@@ -1,0 +1,165 @@
+"""Training cost: seconds per optimisation step and samples/s on CPU, with peak RSS.
+
+Prints one JSON line. A step is what a training loop does per batch: forward, MultiTaskLoss
+(main and auxiliary heads, benchmark class weights), backward and an AdamW step. Random inputs at
+the benchmark patch sizes (aerial 512 px, Sentinel-2 10 px with 12 dates) and random labels.
+
+Configurations (batch 2 unless stated):
+  a  ResNet18 U-Net, aerial alone (3 ch, 512 px, COSIA 19 classes)
+  b  ResNet18 U-Net, aerial + Sentinel-2 (10 ch, 10 px, 12 dates), with the aux heads (LC-D)
+  c  the default Swin-B UPerNet, aerial alone (preset LC-A)
+  c_batch1  the same at batch 1, to show that it trains (the official model crashes there)
+
+Each configuration runs in a fresh subprocess so its peak RSS is its own; the first step is a
+warm-up and is not timed. The figures depend on the CPU and on what else runs on it: each row
+gives ``matmul_gflops``, the fp32 matmul throughput measured just before, to compare machines.
+
+Usage: python bench/train.py [--steps 3] [--only a b ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+
+#: name -> (preset, arch override, batch size)
+CONFIGS: dict[str, tuple[str, str | None, int]] = {
+    "a": ("LC-A", "resnet18-unet", 2),
+    "b": ("LC-D", "resnet18-unet", 2),
+    "c": ("LC-A", None, 2),
+    "c_batch1": ("LC-A", None, 1),
+}
+NUM_DATES = 12
+
+#: The official FLAIR-HUB code's seconds per training step on a 2-core CPU, batch 2, for the same
+#: configurations (figures given in the issue, not measured here); None: it does not run
+#: (its UPerNet's pyramid pooling BatchNorm raises at batch 1 in training mode).
+REFERENCE_S_PER_STEP: dict[str, float | None] = {"a": 2.9, "b": 5.0, "c": 14.0, "c_batch1": None}
+#: Targets for flairkit, seconds per step on the same kind of machine ("c": no slower).
+TARGET_S_PER_STEP: dict[str, float | None] = {"a": 2.0, "b": 3.5, "c": 14.0, "c_batch1": None}
+
+
+def make_batch(cfg, batch: int, seed: int = 0):
+    """Random inputs and labels for a ModelConfig, as the DataLoader would give them."""
+    import torch
+
+    from flairkit.data.sample import Batch
+
+    g = torch.Generator().manual_seed(seed)
+    inputs, dates, masks = {}, {}, {}
+    for m, channels in cfg.inputs.items():
+        px = cfg.img_sizes[m]
+        if m.spec.is_time_series:
+            inputs[m] = torch.randn(batch, NUM_DATES, channels, px, px, generator=g)
+            dates[m] = torch.linspace(-120, 200, NUM_DATES).repeat(batch, 1)
+            masks[m] = torch.zeros(batch, NUM_DATES, dtype=torch.bool)
+        else:
+            inputs[m] = torch.randn(batch, channels, px, px, generator=g)
+    labels = {
+        t: torch.randint(0, k, (batch, cfg.out_px, cfg.out_px), generator=g, dtype=torch.uint8)
+        for t, k in cfg.tasks.items()
+    }
+    ids = [f"bench-{i}" for i in range(batch)]
+    return Batch(inputs, dates, masks, labels, ids, [None] * batch, [None] * batch)
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 8) -> float:
+    """The CPU's fp32 matmul throughput right now: a yardstick for a shared or unknown machine."""
+    import torch
+
+    a = torch.randn(n, n)
+    a @ a
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ a
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def run_one(name: str, steps: int) -> dict:
+    """Time ``steps`` training steps of one configuration in this process."""
+    import torch
+
+    from flairkit.config import DEFAULT_CLASS_WEIGHTS, OptimConfig
+    from flairkit.models.build import build_model
+    from flairkit.models.presets import count_parameters, preset_config
+    from flairkit.training.losses import MultiTaskLoss
+
+    model_id, arch, batch_size = CONFIGS[name]
+    torch.manual_seed(0)
+    cfg = preset_config(model_id, **({"arch": arch} if arch else {}))
+    model = build_model(cfg).train()
+    criterion = MultiTaskLoss(cfg.tasks, DEFAULT_CLASS_WEIGHTS)
+    optim = OptimConfig()  # the benchmark's AdamW settings
+    optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    batch = make_batch(cfg, batch_size)
+    gflops = matmul_gflops()
+    times, losses = [], []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        out = model.forward_all(batch)
+        loss, _ = criterion(out.logits, batch.labels, out.aux)
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+        losses.append(float(loss.detach()))
+    timed = times[1:]
+    s_per_step = sum(timed) / len(timed)
+    return {
+        "model": model_id,
+        "arch": cfg.arch,
+        "inputs": [m.value for m in cfg.inputs],
+        "batch": batch_size,
+        "params_m": round(count_parameters(model)["total"] / 1e6, 3),
+        "s_per_step": round(s_per_step, 3),
+        "samples_per_s": round(batch_size / s_per_step, 3),
+        "warmup_s": round(times[0], 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "loss_finite": all(math.isfinite(v) for v in losses),
+        "torch_threads": torch.get_num_threads(),
+        "matmul_gflops": round(gflops, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
+    parser.add_argument("--only", nargs="+", choices=list(CONFIGS), help="subset of configurations")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args.steps)))
+        return
+    result: dict = {
+        "bench": "train",
+        "device": "cpu",
+        "dates": NUM_DATES,
+        "steps": args.steps,
+        "optimizer": "adamw",
+    }
+    for name in args.only or CONFIGS:
+        proc = subprocess.run(
+            [sys.executable, __file__, "--steps", str(args.steps), "--one", name],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+            result[name] = {"error": tail}
+            continue
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        reference, target = REFERENCE_S_PER_STEP[name], TARGET_S_PER_STEP[name]
+        row["official_s_per_step"] = reference if reference is not None else "crashes"
+        row["target_s_per_step"] = target
+        row["meets_target"] = None if target is None else row["s_per_step"] <= target
+        result[name] = row
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
