@@ -41,7 +41,8 @@ class FlairDataModule(L.LightningDataModule):
         augment: training augmentation (default: the benchmark's flips and rotations);
             ``None`` disables it.
         predict_split: split used by ``predict_dataloader``.
-        drop_last: drop the last incomplete training batch.
+        drop_last: drop the last incomplete training batch (as the benchmark does: a batch of
+            one sample breaks BatchNorm on 1x1 maps), unless the split is smaller than a batch.
         test_split: split used by ``test_dataloader`` (``val`` scores the validation set
             with the test loop).
     """
@@ -54,7 +55,7 @@ class FlairDataModule(L.LightningDataModule):
         num_workers: int = 0,
         augment: FlipRotate | None = FlipRotate(),
         predict_split: str = "test",
-        drop_last: bool = False,
+        drop_last: bool = True,
         test_split: str = "test",
     ) -> None:
         super().__init__()
@@ -103,7 +104,7 @@ class FlairDataModule(L.LightningDataModule):
             sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate,
-            drop_last=drop_last,
+            drop_last=drop_last and len(dataset) > self.batch_size,  # never drop a whole split
             persistent_workers=self.num_workers > 0,
         )
 
