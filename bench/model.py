@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 
+from _common import NUM_DATES, make_batch  # bench/ is on sys.path when run as a script
+
 CONFIGS = {
     "LC-A_resnet18": ("LC-A", "resnet18-upernet"),
     "LC-A": ("LC-A", None),
@@ -25,31 +27,19 @@ CONFIGS = {
     "LPIS-I": ("LPIS-I", None),
 }
 BATCH = 2
-NUM_DATES = 12
 
 
 def run_one(name: str, steps: int) -> dict:
     """Time ``steps`` forward+backward passes of one configuration in this process."""
     import torch
 
-    from flairkit.data.sample import Batch
     from flairkit.models.build import build_model
     from flairkit.models.presets import count_parameters, preset_config
 
     model_id, arch = CONFIGS[name]
     cfg = preset_config(model_id, **({"arch": arch} if arch else {}))
     model = build_model(cfg).train()
-    g = torch.Generator().manual_seed(0)
-    inputs, dates, masks = {}, {}, {}
-    for m, channels in cfg.inputs.items():
-        px = cfg.img_sizes[m]
-        if m.spec.is_time_series:
-            inputs[m] = torch.randn(BATCH, NUM_DATES, channels, px, px, generator=g)
-            dates[m] = torch.linspace(-120, 200, NUM_DATES).repeat(BATCH, 1)
-            masks[m] = torch.zeros(BATCH, NUM_DATES, dtype=torch.bool)
-        else:
-            inputs[m] = torch.randn(BATCH, channels, px, px, generator=g)
-    batch = Batch(inputs, dates, masks, {}, ["a", "b"], [None, None], [None, None])
+    batch = make_batch(cfg, BATCH)
     times = []
     for _ in range(steps + 1):
         start = time.perf_counter()

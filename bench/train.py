@@ -27,6 +27,8 @@ import subprocess
 import sys
 import time
 
+from _common import NUM_DATES, make_batch  # bench/ is on sys.path when run as a script
+
 #: name -> (preset, arch override, batch size)
 CONFIGS: dict[str, tuple[str, str | None, int]] = {
     "a": ("LC-A", "resnet18-unet", 2),
@@ -34,7 +36,6 @@ CONFIGS: dict[str, tuple[str, str | None, int]] = {
     "c": ("LC-A", None, 2),
     "c_batch1": ("LC-A", None, 1),
 }
-NUM_DATES = 12
 
 #: The official FLAIR-HUB code's seconds per training step on a 2-core CPU, batch 2, for the same
 #: configurations (figures given in the issue, not measured here); None: it does not run
@@ -42,30 +43,6 @@ NUM_DATES = 12
 REFERENCE_S_PER_STEP: dict[str, float | None] = {"a": 2.9, "b": 5.0, "c": 14.0, "c_batch1": None}
 #: Targets for flairkit, seconds per step on the same kind of machine ("c": no slower).
 TARGET_S_PER_STEP: dict[str, float | None] = {"a": 2.0, "b": 3.5, "c": 14.0, "c_batch1": None}
-
-
-def make_batch(cfg, batch: int, seed: int = 0):
-    """Random inputs and labels for a ModelConfig, as the DataLoader would give them."""
-    import torch
-
-    from flairkit.data.sample import Batch
-
-    g = torch.Generator().manual_seed(seed)
-    inputs, dates, masks = {}, {}, {}
-    for m, channels in cfg.inputs.items():
-        px = cfg.img_sizes[m]
-        if m.spec.is_time_series:
-            inputs[m] = torch.randn(batch, NUM_DATES, channels, px, px, generator=g)
-            dates[m] = torch.linspace(-120, 200, NUM_DATES).repeat(batch, 1)
-            masks[m] = torch.zeros(batch, NUM_DATES, dtype=torch.bool)
-        else:
-            inputs[m] = torch.randn(batch, channels, px, px, generator=g)
-    labels = {
-        t: torch.randint(0, k, (batch, cfg.out_px, cfg.out_px), generator=g, dtype=torch.uint8)
-        for t, k in cfg.tasks.items()
-    }
-    ids = [f"bench-{i}" for i in range(batch)]
-    return Batch(inputs, dates, masks, labels, ids, [None] * batch, [None] * batch)
 
 
 def matmul_gflops(n: int = 1024, repeats: int = 8) -> float:
