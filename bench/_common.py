@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 #: Dates per Sentinel series in the benchmarks' random batches.
 NUM_DATES = 12
 
@@ -28,3 +32,19 @@ def make_batch(cfg, batch: int, seed: int = 0):
     }
     ids = [f"bench-{i}" for i in range(batch)]
     return Batch(inputs, dates, masks, labels, ids, [None] * batch, [None] * batch)
+
+
+def run_isolated(script: str, name: str, steps: int) -> dict:
+    """Run one configuration of a bench script in a fresh process, so its peak RSS is its own.
+
+    Returns:
+        The JSON row the child printed, or ``{"error": <last stderr line>}`` if it failed.
+    """
+    proc = subprocess.run(
+        [sys.executable, script, "--steps", str(steps), "--one", name],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])

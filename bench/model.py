@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
-import sys
 import time
 
-from _common import NUM_DATES, make_batch  # bench/ is on sys.path when run as a script
+from _common import (  # bench/ is on sys.path when run as a script
+    NUM_DATES,
+    make_batch,
+    run_isolated,
+)
 
 CONFIGS = {
     "LC-A_resnet18": ("LC-A", "resnet18-upernet"),
@@ -71,13 +73,7 @@ def main() -> None:
         return
     result: dict = {"bench": "model", "batch": BATCH, "device": "cpu", "dates": NUM_DATES}
     for name in args.only or CONFIGS:
-        out = subprocess.run(
-            [sys.executable, __file__, "--steps", str(args.steps), "--one", name],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        result[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        result[name] = run_isolated(__file__, name, args.steps)
     print(json.dumps(result))
 
 

@@ -24,11 +24,13 @@ import argparse
 import json
 import math
 import resource
-import subprocess
-import sys
 import time
 
-from _common import NUM_DATES, make_batch  # bench/ is on sys.path when run as a script
+from _common import (  # bench/ is on sys.path when run as a script
+    NUM_DATES,
+    make_batch,
+    run_isolated,
+)
 
 #: name -> (preset, arch override, batch size)
 CONFIGS: dict[str, tuple[str, str | None, int]] = {
@@ -122,16 +124,10 @@ def main() -> None:
         "optimizer": "adamw",
     }
     for name in args.only or CONFIGS:
-        proc = subprocess.run(
-            [sys.executable, __file__, "--steps", str(args.steps), "--one", name],
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0:
-            tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
-            result[name] = {"error": tail}
+        row = run_isolated(__file__, name, args.steps)
+        if "error" in row:
+            result[name] = row
             continue
-        row = json.loads(proc.stdout.strip().splitlines()[-1])
         reference, target = REFERENCE_S_PER_STEP[name], TARGET_S_PER_STEP[name]
         row["official_s_per_step"] = reference if reference is not None else "crashes"
         row["target_s_per_step"] = target
