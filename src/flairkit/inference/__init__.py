@@ -1,0 +1,1 @@
+"""Large-area inference: tile grid, blending of overlapping tiles, streaming map writers."""
