@@ -11,6 +11,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 from flairkit.synth import SynthSummary, make_synthetic_flairhub  # noqa: E402
+from flairkit.synth_zone import ZoneSummary, make_synthetic_zone  # noqa: E402
 
 #: Small but complete: 2 train/val + 2 test domain-years, 2 ROIs each, 2x2 patches per ROI.
 SYNTH_KWARGS = dict(
@@ -29,3 +30,13 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> SynthSummary:
 def synthetic_root(synthetic: SynthSummary) -> Path:
     """Root folder of the session's synthetic dataset (read-only)."""
     return Path(synthetic.root)
+
+
+#: A 2 x 3-patch zone (non-square, so rows and columns cannot be swapped unnoticed).
+ZONE_KWARGS = dict(seed=0, aerial_px=256, patches=(2, 3), min_dates=4, max_dates=8)
+
+
+@pytest.fixture(scope="session")
+def synthetic_zone(tmp_path_factory: pytest.TempPathFactory) -> ZoneSummary:
+    """Patch files of one ROI and mosaic rasters of the same pixels (read-only)."""
+    return make_synthetic_zone(tmp_path_factory.mktemp("zone"), **ZONE_KWARGS)
