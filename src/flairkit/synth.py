@@ -138,9 +138,13 @@ _OBJECT_CLASSES = np.array([0, 1, 2])
 _OBJECT_PROBS = np.array([0.8, 0.1, 0.1])
 #: LPIS level-1 crop types drawn for parcels: grasses, wheat, barley, maize, sunflower, rapeseed.
 CROP_TYPES = (0, 1, 2, 3, 7, 8)
-#: COSIA classes of a parcel (agricultural land, plowed land), drawn independently of the crop.
+#: COSIA class of a parcel: agricultural land (9) or plowed land (10) at the date of the aerial
+#: survey. Winter cereals and grasses are mostly green then, spring-sown crops mostly bare, so the
+#: aerial image tells the two groups apart (a model sees more than chance from the air alone),
+#: while only the S2 phenology separates the crops within a group.
 _PARCEL_COSIA = np.array([9, 10])
-_PARCEL_COSIA_PROBS = np.array([0.7, 0.3])
+_PARCEL_COSIA_TYPICAL = {0: 9, 1: 9, 2: 9, 3: 10, 7: 10, 8: 10}
+_PARCEL_COSIA_TYPICAL_PROB = 0.9
 LPIS_BACKGROUND = 22
 #: Level-1 -> level-2/3 tables: a fixed monotone spread over the valid ranges (the real
 #: hierarchy is not public, spec section 4.2); background maps to the last class of each level.
@@ -717,7 +721,10 @@ def _draw_parcels(
             grid[r0 : r0 + h, c0 : c0 + w][free] = num_parcels
             num_parcels += 1
     crops = rng.choice(np.array(CROP_TYPES, dtype=np.uint8), size=num_parcels)
-    cosia = rng.choice(_PARCEL_COSIA, size=num_parcels, p=_PARCEL_COSIA_PROBS).astype(np.uint8)
+    typical = np.array([_PARCEL_COSIA_TYPICAL[int(c)] for c in crops], dtype=np.uint8)
+    other = np.where(typical == _PARCEL_COSIA[0], _PARCEL_COSIA[1], _PARCEL_COSIA[0])
+    is_typical = rng.random(num_parcels) < _PARCEL_COSIA_TYPICAL_PROB
+    cosia = np.where(is_typical, typical, other).astype(np.uint8)
     return grid, crops, cosia
 
 
