@@ -229,13 +229,14 @@ _COSIA_SIGNATURES = (
     _Signature("urban", "urban", 0.1, 0.1),  # 18 undefined
 )
 #: Crop phenology per LPIS level-1 code: peak day of year and width set the crop apart.
+#: The crops of one aerial group (see _PARCEL_COSIA_TYPICAL) peak at least 35 days apart.
 _CROP_SIGNATURES = {
-    0: _Signature("soil", "field", 0.45, 0.8, 130, 70),  # grasses
-    1: _Signature("soil", "field", 0.1, 0.9, 120, 35),  # wheat
-    2: _Signature("soil", "field", 0.1, 0.85, 100, 25),  # barley
-    3: _Signature("soil", "field", 0.05, 0.9, 215, 30),  # maize
-    7: _Signature("soil", "field", 0.05, 0.8, 190, 22),  # sunflower
-    8: _Signature("soil", "field", 0.15, 0.85, 80, 40),  # rapeseed
+    0: _Signature("soil", "field", 0.55, 0.8, 130, 90),  # grasses: green all year
+    1: _Signature("soil", "field", 0.1, 0.9, 150, 30),  # wheat
+    2: _Signature("soil", "field", 0.1, 0.85, 95, 25),  # barley
+    3: _Signature("soil", "field", 0.05, 0.9, 220, 30),  # maize
+    7: _Signature("soil", "field", 0.05, 0.8, 185, 22),  # sunflower
+    8: _Signature("soil", "field", 0.15, 0.85, 75, 35),  # rapeseed
 }
 #: Spectral class index: COSIA class (0-18) outside parcels, 19 + CROP_TYPES index inside.
 _SIGNATURES = _COSIA_SIGNATURES + tuple(_CROP_SIGNATURES[c] for c in CROP_TYPES)
