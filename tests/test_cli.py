@@ -134,3 +134,86 @@ def test_models_lists_presets_with_counts(capsys) -> None:
 def test_models_unknown_id_exits_2(capsys) -> None:
     assert main(["models", "LC-Z"]) == 2
     assert "LC-Z" in capsys.readouterr().err
+
+
+# -- flairkit map -------------------------------------------------------------------------------
+
+
+def write_zone_yaml(zone, tmp_path: Path) -> Path:
+    """A map config with paths relative to its folder: a random ResNet18 U-Net, the aerial mosaic,
+    and a grid of the zone's two western patches, one above the other (two tiles)."""
+    import torch
+
+    from flairkit.checkpoint import save_model
+    from flairkit.config import ModelConfig, preprocess_config_for
+    from flairkit.modalities import COSIA_CLASSES, Task
+    from flairkit.models.build import build_model
+
+    aerial = Modality.AERIAL_RGBI
+    cfg = ModelConfig(
+        inputs={aerial: 3}, img_sizes={aerial: 256}, tasks={Task.COSIA: len(COSIA_CLASSES)},
+        arch="resnet18-unet", out_px=256,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    save_model(tmp_path / "models" / "lc.safetensors", build_model(cfg), cfg,
+               preprocess_config_for([aerial]))  # fmt: skip
+    (tmp_path / "mosaic").symlink_to(zone.sources[aerial].path.parent)
+    left, bottom, _, top = zone.bounds
+    bounds = [left, bottom, left + 102.4, top]
+    path = tmp_path / "zone.yaml"
+    path.write_text(
+        "model: models/lc.safetensors\n"
+        "inputs:\n"
+        "  AERIAL: mosaic/AERIAL_RGBI.tif\n"
+        "output: {path: maps/zone.tif}\n"
+        f"grid: {{bounds: {bounds}}}\n"
+        "tiling: {tile_px: 256, overlap_px: 0}\n"
+        "runtime: {progress: false}\n"
+    )
+    return path
+
+
+def test_map_writes_the_class_map_style_and_preview(
+    synthetic_zone, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import rasterio
+
+    config = write_zone_yaml(synthetic_zone, tmp_path)
+    assert main(["map", "--config", str(config), "output.write_proba=true"]) == 0
+    out = capsys.readouterr().out
+    maps = tmp_path / "maps"
+    assert sorted(p.name for p in maps.iterdir()) == [
+        "zone.qml", "zone.tif", "zone_preview.png", "zone_proba.tif",
+    ]  # fmt: skip
+    assert f"class_path: {maps / 'zone.tif'}" in out
+    with rasterio.open(maps / "zone.tif") as src:
+        assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert (src.width, src.height) == (256, 512)
+    assert (maps / "zone_preview.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_map_by_two_jobs_then_merge(
+    synthetic_zone, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_zone_yaml(synthetic_zone, tmp_path)
+    for rank in ("1", "0"):
+        assert main(["map", "-c", str(config), "--rank", rank, "--world-size", "2"]) == 0
+        assert "--merge --world-size 2" in capsys.readouterr().out
+    assert not (tmp_path / "maps" / "zone.tif").exists()
+    assert main(["map", "-c", str(config), "--merge"]) == 2
+    assert "--merge needs --world-size" in capsys.readouterr().err
+    assert main(["map", "-c", str(config), "--merge", "--world-size", "2"]) == 0
+    assert (tmp_path / "maps" / "zone.tif").is_file()
+    assert not (tmp_path / "maps" / "zone.pieces").exists()
+
+
+def test_map_errors_name_the_key(
+    synthetic_zone, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_zone_yaml(synthetic_zone, tmp_path)
+    code = main(["map", "-c", str(config), "inputs.AERIAL=nowhere.tif"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "inputs.AERIAL_RGBI.path" in err and "nowhere.tif: raster not found" in err
+    assert main(["map", "-c", str(config), "runtime.device=gpu"]) == 2
+    assert "runtime.device: 'gpu' is not one of" in capsys.readouterr().err

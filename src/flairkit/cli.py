@@ -4,6 +4,7 @@ Subcommands:
   synth  write a synthetic dataset in the exact FLAIR-HUB layout
   info   summarise a dataset (patches per split, department, modality; missing files)
   show   describe one patch (shapes, dtypes, ranges, dates, cloud filter) and draw it
+  map    map a large area with a trained model (class map COG, QGIS style, preview)
 """
 
 from __future__ import annotations
@@ -161,6 +162,33 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
             )
 
 
+def _add_map(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "map",
+        help="map a large area with a trained model: class map COG, QGIS style, PNG preview",
+        description=(
+            "Map the area covered by one raster per input modality (see configs/zones/"
+            "example.yaml): overlapping tiles are read and preprocessed as in training, blended "
+            "without seams and written as Cloud-Optimized GeoTIFFs. An interrupted run resumes "
+            "where it stopped. Several processes (torchrun, or --rank/--world-size for "
+            "independent jobs, then --merge) split the rows."
+        ),
+    )
+    p.add_argument("--config", "-c", type=Path, required=True, help="map YAML")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.add_argument(
+        "--rank", type=int, help="this job's rank (default: RANK or SLURM_PROCID, else 0)"
+    )
+    p.add_argument(
+        "--world-size",
+        type=int,
+        help="number of jobs (default: WORLD_SIZE or SLURM_NTASKS, else 1)",
+    )
+    p.add_argument(
+        "--merge", action="store_true", help="merge the pieces written by --world-size jobs"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``flairkit`` command."""
     parser = argparse.ArgumentParser(
@@ -178,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_show(sub)
     _add_models(sub)
     _add_run_commands(sub)
+    _add_map(sub)
     return parser
 
 
@@ -326,6 +355,32 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_map(args: argparse.Namespace) -> int:
+    from flairkit.config import load_zone_config
+    from flairkit.inference.shard import rank_from_env
+    from flairkit.inference.zonal import merge_zone, predict_zone
+
+    cfg = load_zone_config(args.config, args.overrides)
+    try:
+        if args.merge:
+            if args.world_size is None:
+                raise ConfigError("--merge needs --world-size: the number of jobs that mapped")
+            outputs = merge_zone(cfg, args.world_size)
+        else:
+            outputs = predict_zone(cfg, rank=args.rank, world_size=args.world_size)
+    except FileExistsError as exc:  # output.on_existing: error
+        raise ConfigError(f"{exc} (config key: output.on_existing)") from exc
+    if outputs is None:
+        world_size = args.world_size or rank_from_env()[1]
+        print(f"pieces written; once every rank is done: flairkit map -c {args.config} --merge "
+              f"--world-size {world_size}")  # fmt: skip
+        return 0
+    for kind, path in vars(outputs).items():
+        if path is not None:
+            print(f"{kind}: {path}")
+    return 0
+
+
 _COMMANDS = {
     "synth": _run_synth,
     "info": _run_info,
@@ -335,6 +390,7 @@ _COMMANDS = {
     "validate": _run_evaluate,
     "test": _run_evaluate,
     "predict": _run_predict,
+    "map": _run_map,
 }
 
 
