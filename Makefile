@@ -19,15 +19,20 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-# synth -> info -> show -> fit a small aerial + Sentinel-2 crop-type model on CPU -> test -> report.
+# synth -> info -> show -> fit a small aerial + Sentinel-2 crop-type model on CPU -> test -> report
+# -> map a synthetic zone with that model (COG, QGIS style, PNG preview).
 demo: install
 	$(VENV)/bin/flairkit synth $(DEMO_DIR)/data --seed 0 --aerial-px 256 --progress
 	$(VENV)/bin/flairkit info $(DEMO_DIR)/data
 	$(VENV)/bin/flairkit show $(DEMO_DIR)/data --png $(DEMO_DIR)/patch.png
 	$(VENV)/bin/flairkit fit --config configs/demo.yaml --no-resume train.progress_bar=false
 	$(VENV)/bin/flairkit test --config configs/demo.yaml train.progress_bar=false
+	$(PY) -c "from flairkit.synth_zone import make_synthetic_zone; make_synthetic_zone('build/zone', aerial_px=256, patches=(4, 4))"
+	$(VENV)/bin/flairkit map --config configs/zones/example.yaml runtime.progress=false output.on_existing=overwrite
 	@echo "demo figure: $(abspath $(DEMO_DIR)/patch.png)"
 	@echo "demo report: $(abspath $(DEMO_DIR)/run/report_test)"
+	@echo "demo map (COG): $(abspath build/zone/map/lpis.tif)"
+	@echo "demo map preview: $(abspath build/zone/map/lpis_preview.png)"
 
 test: install
 	$(PY) -m pytest -q
