@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-import pyogrio
 
 from flairkit.io.raster import DataError
 from flairkit.modalities import DEFAULT_REFERENCE_DATE, METADATA_DIR, Modality
@@ -143,6 +142,10 @@ class DatesIndex:
     def _read_table(self, path: Path, modality: Modality) -> dict[str, str]:
         if not path.is_file():
             raise DataError(f"{path}: dates GeoPackage is missing (needed for {modality.value})")
+        # Imported here: pyogrio pulls in pandas (~100 MB of RSS), which large-area maps and
+        # anything reading the dates of a raster's own dates file never need.
+        import pyogrio
+
         try:
             frame = pyogrio.read_dataframe(
                 path, columns=["patch_id", "acquisition_dates"], read_geometry=False
