@@ -4,7 +4,8 @@ Synthetic rasters (``make_large_aerial_raster``, ``make_large_sentinel2``: 0.2 m
 10.24 m Sentinel-2 with 20 dates and its snow/cloud mask) and random-init models, written once in
 a temporary folder. Each configuration runs ``predict_zone`` end to end (reading, model, blending,
 writing the class map COG with its style and preview; no probabilities) in a fresh process, so
-its peak RSS (``ru_maxrss``) is its own:
+its peak RSS (``ru_maxrss``) is its own. The model is loaded before the clock starts (``load_s``,
+reported beside: imports, building, weights):
 
   resnet18_4096   ResNet18 U-Net, aerial (NIR, R, G) -> COSIA, 4096^2 px, default tiling
   tiny_4096       a tiny CNN (two convolutions) in place of the network, 4096^2 px: the cost and
@@ -13,6 +14,10 @@ its peak RSS (``ru_maxrss``) is its own:
                   tiny_4096 (the blending buffer is bounded by strips, the GDAL cache is capped)
   aerial_s2_2048  ResNet18 U-Net + U-TAE, aerial + Sentinel-2 (cloud filter on), 2048^2 px of
                   the 4096^2 raster
+  resnet18_4096_overlap32  the same with ``tiling.overlap_px=32`` (default 64 = tile / 8): 1.14
+                  px computed per output px instead of 1.31, for a little more edge effect (on a
+                  random-init ResNet18 U-Net, 1536^2 px, argmax differs from one whole-image
+                  pass on 0.023 % of the pixels, against 0.006 % with the default)
   resnet18_network  the ResNet18 U-Net alone on random 512 px tiles, as predict_zone runs it
                   (BatchNorm folded, NHWC, batch 1): the model's px/s on this machine, to compare
                   the map's px/s with (the map computes (512 / 448)^2 = 1.31 px per output px
@@ -41,6 +46,7 @@ from train import matmul_gflops
 #: name -> (model file, raster side in px, map side in px, tiny network)
 CONFIGS: dict[str, tuple[str, int, int, bool]] = {
     "resnet18_4096": ("aerial", 4096, 4096, False),
+    "resnet18_4096_overlap32": ("aerial", 4096, 4096, False),
     "tiny_4096": ("aerial", 4096, 4096, True),
     "tiny_16384": ("aerial", 16384, 16384, True),
     "aerial_s2_2048": ("aerial_s2", 4096, 2048, False),
@@ -50,6 +56,8 @@ CONFIGS: dict[str, tuple[str, int, int, bool]] = {
 #: tile 2048, margin 512 (figures given in the issue, not measured here).
 OFFICIAL = {"px_per_s": 99_000, "peak_rss_mb": 3700}
 TARGET = {"px_per_s": 300_000, "peak_rss_mb": 1500}
+#: Configurations that change the default tiling: name -> tiling section of the zone config.
+TILING = {"resnet18_4096_overlap32": {"overlap_px": 32}}
 DIR_ENV = "FLAIRKIT_BENCH_ZONAL_DIR"
 
 
@@ -161,6 +169,8 @@ def run_one(name: str) -> dict:
         "output": {"path": str(out_dir / "map.tif"), "on_existing": "overwrite"},
         "runtime": {"progress": False},
     }
+    if name in TILING:
+        raw["tiling"] = TILING[name]
     if map_px != raster_px:  # the north-west map_px x map_px of the raster
         import rasterio
 
@@ -168,9 +178,13 @@ def run_one(name: str) -> dict:
             x0, y0, gsd = src.transform.c, src.transform.f, src.transform.a
         raw["grid"] = {"bounds": [x0, y0 - map_px * gsd, x0 + map_px * gsd, y0]}
     config = from_dict(ZoneConfig, raw)
-    model = None  # predict_zone loads it, as flairkit map does
+    # The model is loaded (imports included) before the clock starts, and timed on its own:
+    # px/s is the mapping's throughput, load_s a fixed cost per run.
+    start = time.perf_counter()
+    model = load_zone_model(config.model)
+    load_s = time.perf_counter() - start
     if tiny:
-        model = dataclasses.replace(load_zone_model(config.model), network=tiny_network(19))
+        model = dataclasses.replace(model, network=tiny_network(19))
     gflops = matmul_gflops()
     load_before = os.getloadavg()[0]
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -184,6 +198,7 @@ def run_one(name: str) -> dict:
         "map_px": map_px,
         "seconds": round(elapsed, 1),
         "px_per_s": round(pixels / elapsed),
+        "load_s": round(load_s, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "rss_before_map_mb": round(rss_before, 1),
         "class_map_mb": round(outputs.class_path.stat().st_size / 2**20, 1),
@@ -223,11 +238,15 @@ def main() -> None:
         }
         for name in names:
             result[name] = run_isolated(__file__, name, 1)
+    for name in ("resnet18_4096", "resnet18_4096_overlap32"):
+        row = result.get(name, {})
+        if "px_per_s" in row:
+            row["meets_target"] = (
+                row["px_per_s"] >= TARGET["px_per_s"]
+                and row["peak_rss_mb"] <= TARGET["peak_rss_mb"]
+            )
     r18 = result.get("resnet18_4096", {})
     if "px_per_s" in r18:
-        r18["meets_target"] = (
-            r18["px_per_s"] >= TARGET["px_per_s"] and r18["peak_rss_mb"] <= TARGET["peak_rss_mb"]
-        )
         network = result.get("resnet18_network", {})
         if "px_per_s" in network:
             # What the official tiling (4 px computed per output px) would give with this model

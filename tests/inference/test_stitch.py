@@ -216,7 +216,11 @@ def test_no_data_pixels_come_out_invalid() -> None:
     blocks: list[RowBlock] = []
     for t in grid:
         valid = mask[t.row_off : t.row_stop, t.col_off : t.col_stop]
-        blocks += blender.add(t, np.full((K, 32, 32), 0.2, np.float32), valid)
+        # probs are views into the blender's buffer, valid until the next add: copied
+        blocks += [
+            RowBlock(b.row_start, b.row_stop, b.probs.copy(), b.valid)
+            for b in blender.add(t, np.full((K, 32, 32), 0.2, np.float32), valid)
+        ]
     valid = np.concatenate([b.valid for b in blocks])
     probs = np.concatenate([b.probs for b in blocks], axis=1)
     assert np.array_equal(valid, mask)

@@ -221,6 +221,34 @@ def test_unet_decoder_equals_upsample_cat_conv_decoder() -> None:
         torch.testing.assert_close(ours, naive_decoder(dec, features), rtol=1e-4, atol=1e-4)
 
 
+def test_unet_block_kernel_cache_follows_weight_changes() -> None:
+    """Without autograd the folded kernel is cached, and refolded when the weight changes."""
+    from flairkit.models.decoders import UNetBlock
+
+    torch.manual_seed(0)
+    block = UNetBlock(6, 3, 4).eval()
+    x, skip = torch.randn(1, 6, 5, 5), torch.randn(1, 3, 10, 10)
+
+    def expected() -> torch.Tensor:
+        conv, bn, relu = block.conv1
+        return block.conv2(relu(bn(_naive_upsample_conv(x, conv.weight, skip))))
+
+    with torch.no_grad():
+        torch.testing.assert_close(block(x, skip), expected(), rtol=1e-5, atol=1e-5)
+        assert block._folded is not None
+        block.conv1[0].weight.mul_(-2.0)  # in place: same storage, new version
+        torch.testing.assert_close(block(x, skip), expected(), rtol=1e-5, atol=1e-5)
+        state = {
+            k: torch.randn_like(v) if k.endswith("weight") else v
+            for k, v in block.state_dict().items()
+        }
+        block.load_state_dict(state)
+        torch.testing.assert_close(block(x, skip), expected(), rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():
+        xl = x.contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(block(xl, skip), expected(), rtol=1e-5, atol=1e-5)
+
+
 def test_unet_keys_and_shapes_match_smp() -> None:
     """smp 0.4.0 ``Unet`` on ``tu-convnextv2_base`` (IGNF/FLAIR-HUB_LC-A_IR_convnextv2base-unet).
 

@@ -193,6 +193,7 @@ class RowBlender:
         self._weights = np.zeros((self._buffer_rows, grid.width_px), np.float32)
         self._scratch = np.empty((num_classes, grid.tile_px, grid.tile_px), np.float32)
         self._window_cache: dict[tuple[int, int, int, int], np.ndarray] = {}
+        self._pending_shift = 0  # rows to drop from the buffer top before the next tile
 
     @property
     def nbytes(self) -> int:
@@ -229,7 +230,8 @@ class RowBlender:
                 all valid. Pixels that are invalid in every tile come out with ``valid`` False.
 
         Returns:
-            Finished row blocks, top to bottom.
+            Finished row blocks, top to bottom. Their ``probs`` are views into the blender's
+            buffer, valid until the next ``add``: copy them to keep them.
 
         Raises:
             ValueError: if the tile is out of order, belongs to another grid, or an array has
@@ -244,6 +246,7 @@ class RowBlender:
             )
         if self.grid[tile.index] != tile:
             raise ValueError(f"tile {tile} does not belong to this grid")
+        self._apply_shift()
         t = self.grid.tile_px
         if probs is not None:
             if probs.shape != (self.num_classes, t, t):
@@ -276,7 +279,12 @@ class RowBlender:
         self._weights[r0 : r0 + rows, c0 : c0 + cols] += weights
 
     def _finish_band(self, grid_row: int) -> list[RowBlock]:
-        """Emit the rows band ``grid_row`` finished and shift the buffer to the next band."""
+        """Emit the rows band ``grid_row`` finished; the buffer shifts at the next ``add``.
+
+        The block's probabilities are normalised in place in the buffer and returned as a view
+        (no (K, stride, W) copy: 139 MB per band on a 4096 px wide map), so the shift that makes
+        room for the next band waits until the caller has used the block.
+        """
         stop = self.grid.band_stop(grid_row)
         start = max(self._base_row, self.start_row)
         blocks = []
@@ -284,19 +292,27 @@ class RowBlender:
             lo, hi = start - self._base_row, stop - self._base_row
             totals = self._weights[lo:hi]
             valid = totals > 0
-            probs = np.zeros((self.num_classes, hi - lo, self.grid.width_px), np.float32)
-            np.divide(self._sums[:, lo:hi], totals, out=probs, where=valid)
+            probs = self._sums[:, lo:hi]
+            np.divide(probs, totals, out=probs, where=valid)
+            if not valid.all():
+                probs[:, ~valid] = 0.0  # weight 0 everywhere: no data (and no NaN let through)
             blocks.append(RowBlock(start, stop, probs, valid))
         if grid_row + 1 < self.grid.num_bands:
-            shift = self.grid.row_offsets[grid_row + 1] - self._base_row
-            keep = self._buffer_rows - shift
-            # Rows the next band shares with this one move to the top; the rest start empty.
-            self._sums[:, :keep] = self._sums[:, shift:].copy()
-            self._sums[:, keep:] = 0.0
-            self._weights[:keep] = self._weights[shift:].copy()
-            self._weights[keep:] = 0.0
-            self._base_row += shift
+            self._pending_shift = self.grid.row_offsets[grid_row + 1] - self._base_row
         return blocks
+
+    def _apply_shift(self) -> None:
+        """Move the rows the next band shares with the finished one to the top; clear the rest."""
+        shift, self._pending_shift = self._pending_shift, 0
+        if shift == 0:
+            return
+        keep = self._buffer_rows - shift
+        # numpy copes with the overlap of source and destination when keep > shift
+        self._sums[:, :keep] = self._sums[:, shift:]
+        self._sums[:, keep:] = 0.0
+        self._weights[:keep] = self._weights[shift:]
+        self._weights[keep:] = 0.0
+        self._base_row += shift
 
 
 def quantise_block(block: RowBlock) -> tuple[np.ndarray, np.ndarray]:
