@@ -397,7 +397,9 @@ class TrainConfig:
         max_epochs: epochs.
         seed: seeds Python, numpy and torch (and loader workers).
         accumulate_grad_batches: gradient accumulation.
-        precision: ``32-true``, ``bf16-mixed`` or ``16-mixed`` (mixed precision needs a GPU).
+        precision: ``32-true``, ``bf16-mixed`` or ``16-mixed``. bf16-mixed also runs on a CPU
+            (slow without AVX512-BF16 or AMX); 16-mixed needs a GPU (on a CPU Lightning switches
+            to bf16-mixed with a warning).
         accelerator: ``auto``, ``cpu``, ``gpu``.
         devices: ``auto`` or a count.
         num_nodes: machines (DDP).

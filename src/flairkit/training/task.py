@@ -21,11 +21,25 @@ from flairkit.metrics import ConfusionMatrix, scores
 from flairkit.modalities import Task
 from flairkit.models.build import build_model
 from flairkit.training.losses import MultiTaskLoss
+from flairkit.training.memory import reuse_freed_memory
 
 
 def ignored_classes(loss: LossConfig, task: Task) -> tuple[int, ...]:
     """Classes with weight 0 for a task: left out of the loss and of the scores."""
     return tuple(sorted(int(c) for c, w in loss.class_weights.get(task, {}).items() if w == 0))
+
+
+def adam_optimizer(name: str, params: list[nn.Parameter], **kwargs: float) -> torch.optim.Optimizer:
+    """Adam or AdamW with the fused (single-kernel) update where torch has one for the device.
+
+    The fused update is one pass over each parameter instead of several: on a CPU about 1 %
+    of a ResNet18 U-Net step; it needs floating-point parameters on a supported device.
+    """
+    cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    try:
+        return cls(params, fused=True, **kwargs)
+    except (RuntimeError, ValueError, TypeError):  # device or dtype without a fused kernel
+        return cls(params, **kwargs)
 
 
 class SegmentationTask(L.LightningModule):
@@ -154,15 +168,19 @@ class SegmentationTask(L.LightningModule):
             for t in self.tasks
         }
 
+    def setup(self, stage: str) -> None:
+        """Allocator settings for the training process (see ``flairkit.training.memory``)."""
+        reuse_freed_memory()
+
     # -- optimisation ---------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         """AdamW (or Adam/SGD) and the benchmark's schedules."""
         cfg = self.optim_config
         params = [p for p in self.parameters() if p.requires_grad]
-        if cfg.optimizer == "adamw":
-            optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        elif cfg.optimizer == "adam":
-            optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.optimizer in ("adamw", "adam"):
+            optimizer = adam_optimizer(
+                cfg.optimizer, params, lr=cfg.lr, weight_decay=cfg.weight_decay
+            )
         else:
             optimizer = torch.optim.SGD(
                 params, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.9
