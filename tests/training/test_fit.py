@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
 import textwrap
@@ -131,3 +132,38 @@ def test_killed_run_resumes_to_the_same_weights(synthetic_root: Path, tmp_path: 
     assert a["epoch"] == b["epoch"] == 3 and a["global_step"] == b["global_step"] == 12
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key
+
+
+def test_resumed_run_keeps_the_metrics_of_the_epochs_before_the_kill(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    """metrics.csv of a killed and resumed run reads as one uninterrupted run."""
+    train = dict(
+        max_epochs=4, limit_train_batches=3, limit_val_batches=2, seed=7, log_every_n_steps=1
+    )
+    config = write_config(tmp_path / "run.yaml", synthetic_root, tmp_path / "run", **train)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_SCRIPT, str(config)], capture_output=True, text=True
+    )
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    metrics = tmp_path / "run" / "logs" / "metrics.csv"
+    with metrics.open(newline="") as f:
+        before = list(csv.DictReader(f))
+    # killed after two batches of epoch 2 (index 2), whose rows reached the file
+    assert {r["epoch"] for r in before if r["train_loss"]} == {"0", "1", "2"}
+    fit(load_run_config(config))  # resumes from last.ckpt, at epoch 2
+    with metrics.open(newline="") as f:
+        reader = csv.DictReader(f)
+        header, rows = reader.fieldnames, list(reader)
+    assert header == sorted(set().union(*(r.keys() for r in rows)))
+    # each epoch validated once, in order; each step trained and logged once, in order
+    assert [int(r["epoch"]) for r in rows if r["val_miou"]] == [0, 1, 2, 3]
+    trained = [(int(r["epoch"]), int(r["step"])) for r in rows if r["train_loss"]]
+    assert trained == [(e, s) for e in range(4) for s in range(3 * e, 3 * e + 3)]
+    lr = [int(r["step"]) for r in rows if any(v for k, v in r.items() if k.startswith("lr-"))]
+    assert lr == list(range(12))
+    steps = [int(r["step"]) for r in rows]
+    assert steps == sorted(steps)
+    # the rows of the epochs the checkpoint covered are the ones written before the kill
+    kept = [r for r in before if r["epoch"] in ("0", "1")]
+    assert [r for r in rows if r["epoch"] in ("0", "1")] == kept

@@ -11,6 +11,7 @@ process runs the caller's code) and ``ddp_spawn``.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -20,6 +21,9 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from flairkit.checkpoint import load_model, save_model
 from flairkit.config import LossConfig, RunConfig, save_run_config
@@ -120,10 +124,13 @@ def _trainer(
                 )
             )
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-        from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+        from lightning.pytorch.loggers import TensorBoardLogger
 
+        csv_logger = _ResumableCSVLogger(out, name="logs", version="", resuming=resuming)
+        if resuming:
+            callbacks.append(_TrimResumedMetrics(csv_logger))
         loggers = [
-            CSVLogger(out, name="logs", version=""),
+            csv_logger,
             TensorBoardLogger(out, name="tensorboard", version=""),
         ]
     return L.Trainer(
@@ -196,6 +203,95 @@ def fit(cfg: RunConfig, resume: bool | str = "auto", callbacks: list | None = No
         )
     val = json.loads(val_path.read_text()) if val_path.is_file() else {}
     return FitResult(best, last, model_path, val)
+
+
+class _ResumableCSVLogger(CSVLogger):
+    """Lightning's CSVLogger, continuing ``logs/metrics.csv`` when a run is resumed.
+
+    Lightning's writer takes an existing metrics file for the leftover of an unrelated
+    experiment and deletes it when it starts (``_ExperimentWriter._check_log_dir_exists``),
+    then writes a fresh file. Our run directory is one run, resumed in place after a kill:
+    that deleted the rows of every epoch before the kill. When resuming, the file is kept,
+    trimmed to the rows the checkpoint covers (``_TrimResumedMetrics``), and the new rows are
+    appended to it (the writer rewrites the file under the union of the columns when the new
+    part logs others). A fresh fit (no checkpoint, or ``resume=False``) starts a new file, as
+    before.
+    """
+
+    def __init__(self, *args: Any, resuming: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._resuming = resuming
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            writer = _ContinuingWriter if self._resuming else ExperimentWriter
+            self._experiment = writer(log_dir=self.log_dir)
+        return self._experiment
+
+    def trim_to(self, epoch: int, step: int) -> None:
+        """Drop the rows logged after the resume point (epoch ``epoch``, logging step ``step``)."""
+        if isinstance(self.experiment, _ContinuingWriter):
+            self.experiment.trim_to(epoch, step)
+
+
+class _ContinuingWriter(ExperimentWriter):
+    """An ExperimentWriter that appends to an existing metrics file instead of deleting it."""
+
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir)
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                # the columns already written: new ones widen the header (see save)
+                self.metrics_keys = list(csv.DictReader(file).fieldnames or [])
+
+    def _check_log_dir_exists(self) -> None:
+        pass  # Lightning's deletes metrics.csv here (and warns it will): keep it
+
+    def trim_to(self, epoch: int, step: int) -> None:
+        """Keep the rows logged before the resume point, drop those of the interrupted part.
+
+        Lightning logs each row with the count of batches stepped so far (``step``), and the
+        rows of ``self.log`` with the current epoch. The resumed trainer logs from ``step``
+        on: rows at later steps come from the killed run past the checkpoint, and so do those
+        at ``step`` itself except the epoch-end rows of the epochs before ``epoch``.
+        """
+        self.save()  # nothing logged yet, in practice
+        if not self._fs.isfile(self.metrics_file_path):
+            return
+        with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+            reader = csv.DictReader(file)
+            fieldnames, rows = reader.fieldnames or [], list(reader)
+
+        def before(row: dict[str, str]) -> bool:
+            s = int(float(row["step"]))
+            e = row.get("epoch")
+            return s < step or (s == step and bool(e) and int(float(e)) < epoch)
+
+        kept = [row for row in rows if before(row)]
+        if len(kept) == len(rows):
+            return
+        tmp = self.metrics_file_path + ".tmp"
+        with self._fs.open(tmp, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(kept)
+        self._fs.mv(tmp, self.metrics_file_path)  # a kill now leaves one file or the other
+
+
+class _TrimResumedMetrics(L.Callback):
+    """At the start of a resumed fit (state restored, nothing logged yet), trims metrics.csv."""
+
+    def __init__(self, logger: _ResumableCSVLogger) -> None:
+        self.logger = logger
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            # the step the logger connector and LearningRateMonitor log rows with
+            step = trainer.fit_loop.epoch_loop._batches_that_stepped
+            self.logger.trim_to(trainer.current_epoch, step)
 
 
 class _ValScoresWriter(L.Callback):
