@@ -9,8 +9,8 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
+from test_fit import write_config  # tests/training is on sys.path
 
 from flairkit.config import load_run_config
 from flairkit.training.run import fit
@@ -28,27 +28,10 @@ class ConvOutputDtype(L.Callback):
 
 
 def _fit(root: Path, out: Path, precision: str, accelerator: str = "cpu"):
-    config = {
-        "data": {"root": str(root), "batch_size": 2},
-        "model": {
-            "inputs": {"AERIAL_RGBI": 3},
-            "img_sizes": {"AERIAL_RGBI": 64},
-            "tasks": {"AERIAL_LABEL-COSIA": 19},
-            "arch": "resnet18-unet",
-        },
-        "train": {
-            "max_epochs": 1,
-            "progress_bar": False,
-            "output_dir": str(out),
-            "limit_train_batches": 2,
-            "limit_val_batches": 1,
-            "precision": precision,
-            "accelerator": accelerator,
-        },
-        "optim": {"lr": 0.001},
-    }
-    path = out.parent / f"{out.name}.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = write_config(
+        out.parent / f"{out.name}.yaml", root, out, limit_train_batches=2,
+        limit_val_batches=1, precision=precision, accelerator=accelerator,
+    )  # fmt: skip
     probe = ConvOutputDtype()
     result = fit(load_run_config(path), callbacks=[probe])
     return result, probe
