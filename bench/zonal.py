@@ -14,15 +14,15 @@ reported beside: imports, building, weights):
                   tiny_4096 (the blending buffer is bounded by strips, the GDAL cache is capped)
   aerial_s2_2048  ResNet18 U-Net + U-TAE, aerial + Sentinel-2 (cloud filter on), 2048^2 px of
                   the 4096^2 raster
-  resnet18_4096_overlap32  the same with ``tiling.overlap_px=32`` (default 64 = tile / 8): 1.14
-                  px computed per output px instead of 1.31, for a little more edge effect (on a
-                  random-init ResNet18 U-Net, 1536^2 px, argmax differs from one whole-image
-                  pass on 0.023 % of the pixels, against 0.006 % with the default)
+  resnet18_4096_overlap32  the same with ``tiling.overlap_px=32`` (default 64 = tile / 8): on
+                  large areas 1.14 px computed per output px instead of 1.31, for a little more
+                  edge effect (random-init ResNet18 U-Net, 1536^2 px: argmax differs from one
+                  whole-image pass on 0.023 % of the pixels, 0.006 % with the default); at
+                  4096^2 both need 9 x 9 tiles, so the same time
   resnet18_network  the ResNet18 U-Net alone on random 512 px tiles, as predict_zone runs it
                   (BatchNorm folded, NHWC, batch 1): the model's px/s on this machine, to compare
-                  the map's px/s with (the map computes (512 / 448)^2 = 1.31 px per output px
-                  with the default overlap; the official tiling, 2048 px tiles with 512 px
-                  margins, 4)
+                  the map's px/s with (at 4096^2 the map computes 81 tiles of 512 px, 1.27 px
+                  per output px; the official tiling, 2048 px tiles with 512 px margins, 4)
 
 The figures depend on the CPU and on what else runs on it: each row gives ``matmul_gflops``
 (fp32 matmul throughput measured just before) and the load average before and after.
