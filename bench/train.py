@@ -13,7 +13,7 @@ Configurations (batch 2 unless stated):
 
 Each configuration runs in a fresh subprocess so its peak RSS is its own; the first step is a
 warm-up and is not timed. The step is set up as ``flairkit fit`` sets it up: glibc told to reuse
-freed memory (``flairkit.training.memory``), fused AdamW. The figures depend on the CPU and on
+freed memory (``flairkit.memory``), fused AdamW. The figures depend on the CPU and on
 what else runs on it: each row gives ``matmul_gflops``, the fp32 matmul throughput measured just
 before, to compare machines.
 
@@ -76,10 +76,10 @@ def run_one(name: str, steps: int) -> dict:
     import torch
 
     from flairkit.config import DEFAULT_CLASS_WEIGHTS, OptimConfig
+    from flairkit.memory import reuse_freed_memory
     from flairkit.models.build import build_model
     from flairkit.models.presets import count_parameters, preset_config
     from flairkit.training.losses import MultiTaskLoss
-    from flairkit.training.memory import reuse_freed_memory
     from flairkit.training.task import adam_optimizer
 
     reuse_freed_memory()  # as SegmentationTask.setup does

@@ -17,11 +17,11 @@ from torch import Tensor, nn
 
 from flairkit.config import LossConfig, ModelConfig, OptimConfig, PreprocessConfig, to_dict
 from flairkit.data.sample import Batch
+from flairkit.memory import reuse_freed_memory
 from flairkit.metrics import ConfusionMatrix, scores
 from flairkit.modalities import Task
 from flairkit.models.build import build_model
 from flairkit.training.losses import MultiTaskLoss
-from flairkit.training.memory import reuse_freed_memory
 
 
 def ignored_classes(loss: LossConfig, task: Task) -> tuple[int, ...]:
@@ -169,7 +169,7 @@ class SegmentationTask(L.LightningModule):
         }
 
     def setup(self, stage: str) -> None:
-        """Allocator settings for the training process (see ``flairkit.training.memory``)."""
+        """Allocator settings for the training process (see ``flairkit.memory``)."""
         reuse_freed_memory()
 
     # -- optimisation ---------------------------------------------------------------------------

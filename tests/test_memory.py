@@ -9,7 +9,7 @@ import pytest
 
 SCRIPT = """
 import ctypes, ctypes.util
-from flairkit.training import memory
+from flairkit import memory
 print(memory.reuse_freed_memory(), memory.reuse_freed_memory())
 # 4 x 40 MiB blocks allocated, freed, allocated again: with mmap off they come from the heap
 # (its top, sbrk(0), grows by >= 160 MiB once, then stays: the blocks are reused); glibc's
@@ -54,3 +54,27 @@ def test_env_switch_turns_it_off() -> None:
     applied_first, applied_again, from_heap, _ = _run("0")
     assert applied_first == applied_again == "False"
     assert from_heap == "False"  # glibc's default: large blocks mapped on their own
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+def test_release_free_memory_lowers_rss_after_frees() -> None:
+    """Freed small blocks stay resident until trimmed: releasing them lowers the RSS."""
+    script = """
+import ctypes, ctypes.util, psutil
+from flairkit import memory
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+proc = psutil.Process()
+blocks = [libc.malloc(64 * 1024) for _ in range(3000)]  # ~190 MiB below the mmap threshold
+for b in blocks:
+    ctypes.memset(b, 1, 64 * 1024)
+keep = libc.malloc(16)  # pins the heap top: free() alone cannot shrink it
+for b in blocks:
+    libc.free(b)
+before = proc.memory_info().rss
+memory.release_free_memory()
+print((before - proc.memory_info().rss) / 2**20)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert float(out.stdout) > 100  # MiB returned to the OS
