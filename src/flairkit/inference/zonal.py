@@ -70,10 +70,10 @@ log = logging.getLogger(__name__)
 GDAL_CACHE_BYTES = 64 * 2**20
 #: Rows quantised at once: bounds the temporaries of ``quantise_block`` (about 3 float32 copies).
 _QUANTISE_ROWS = 32
-# glibc's malloc is left at its defaults. Lowering M_MMAP_THRESHOLD to 1 MiB (every tile's
-# activations mapped and unmapped on their own) saved ~100 MB of peak RSS on a 4096^2 map but cost
-# 13 % of the speed in page faults (ResNet18 U-Net, 2-core CPU: 244k -> 281k px/s without it, peak
-# RSS 1313 -> 1414 MB; the tiny network's RSS still grows only 6 % from 4096^2 to 16384^2).
+# glibc's mmap threshold is left at its default. Lowering it to 1 MiB (every tile's activations
+# mapped and unmapped on their own) saved ~100 MB of peak RSS on a 4096^2 map but cost 13 % of
+# the speed in page faults (ResNet18 U-Net, 2-core CPU: 244k -> 281k px/s without it); the
+# growth of long maps is handled by ``release_free_memory`` after each band instead.
 
 
 # -- running the model ------------------------------------------------------------------------

@@ -126,6 +126,6 @@ def build_model(cfg: ModelConfig, out_px: int | None = None) -> MultiModalSegmen
 
 
 def _padded_channels(channels: list[int] | tuple[int, ...], num_stages: int) -> list[int]:
-    """Channels after ``align_maps`` repeats the first map up to ``num_stages`` maps."""
+    """Channels once the fusion repeats the first map up to ``num_stages`` maps (``_pad_front``)."""
     channels = list(channels)
     return [channels[0]] * (num_stages - len(channels)) + channels

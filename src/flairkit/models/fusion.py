@@ -18,29 +18,6 @@ from torch import Tensor, nn
 from flairkit.modalities import Modality
 
 
-def align_maps(maps: Sequence[Tensor], sizes: Sequence[tuple[int, int]]) -> list[Tensor]:
-    """Pad a list of maps to ``len(sizes)`` (repeating the first in front) and resize each.
-
-    Args:
-        maps: ``(B, C_i, H_i, W_i)`` maps.
-        sizes: target ``(H, W)`` per stage.
-
-    Returns:
-        One map per stage, bilinearly resized (align_corners=False) where the size differs.
-    """
-    maps = list(maps)
-    if len(maps) < len(sizes):
-        maps = [maps[0]] * (len(sizes) - len(maps)) + maps
-    elif len(maps) > len(sizes):
-        raise ValueError(f"{len(maps)} maps for {len(sizes)} stages")
-    out = []
-    for fmap, size in zip(maps, sizes, strict=True):
-        if tuple(fmap.shape[-2:]) != tuple(size):
-            fmap = F.interpolate(fmap, size=size, mode="bilinear", align_corners=False)
-        out.append(fmap)
-    return out
-
-
 class MultiScaleFusion(nn.Module):
     """Concatenate stage maps of all modalities and reduce each stage with a 1x1 convolution.
 
@@ -122,7 +99,11 @@ class MultiScaleFusion(nn.Module):
 
 
 def _pad_front(maps: Sequence[Tensor], stages: int) -> list[Tensor]:
-    """``maps`` with its first map repeated in front up to ``stages`` maps (see the module doc)."""
+    """``maps`` with its first map repeated in front up to ``stages`` maps (see the module doc).
+
+    Raises:
+        ValueError: more maps than stages.
+    """
     maps = list(maps)
     if len(maps) > stages:
         raise ValueError(f"{len(maps)} maps for {stages} stages")
