@@ -13,7 +13,7 @@ Configurations (batch 2 unless stated):
 
 Each configuration runs in a fresh subprocess so its peak RSS is its own; the first step is a
 warm-up and is not timed. The step is set up as ``flairkit fit`` sets it up: glibc told to reuse
-freed memory (``flairkit.memory``), fused AdamW. The figures depend on the CPU and on
+freed memory (``flairkit.memory``). The figures depend on the CPU and on
 what else runs on it: each row gives ``matmul_gflops``, the fp32 matmul throughput measured just
 before, to compare machines.
 
@@ -80,7 +80,6 @@ def run_one(name: str, steps: int) -> dict:
     from flairkit.models.build import build_model
     from flairkit.models.presets import count_parameters, preset_config
     from flairkit.training.losses import MultiTaskLoss
-    from flairkit.training.task import adam_optimizer
 
     reuse_freed_memory()  # as SegmentationTask.setup does
     model_id, arch, batch_size = CONFIGS[name]
@@ -90,9 +89,7 @@ def run_one(name: str, steps: int) -> dict:
     model = build_model(cfg).train()
     criterion = MultiTaskLoss(cfg.tasks, DEFAULT_CLASS_WEIGHTS)
     optim = OptimConfig()  # the benchmark's AdamW settings
-    optimizer = adam_optimizer(
-        "adamw", list(model.parameters()), lr=optim.lr, weight_decay=optim.weight_decay
-    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
     batch = make_batch(cfg, batch_size)
     gflops = matmul_gflops()
     times, losses = [], []
