@@ -71,7 +71,7 @@ def matmul_gflops(n: int = 1024, repeats: int = 8) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def run_one(name: str, steps: int) -> dict:
+def run_one(name: str, steps: int, winograd: bool = True) -> dict:
     """Time ``steps`` training steps of one configuration in this process."""
     import torch
 
@@ -79,6 +79,7 @@ def run_one(name: str, steps: int) -> dict:
     from flairkit.memory import reuse_freed_memory
     from flairkit.models.build import build_model
     from flairkit.models.presets import count_parameters, preset_config
+    from flairkit.models.winograd import use_winograd
     from flairkit.training.losses import MultiTaskLoss
 
     reuse_freed_memory()  # as SegmentationTask.setup does
@@ -87,6 +88,7 @@ def run_one(name: str, steps: int) -> dict:
     # aux=False: the reference's default training config has no auxiliary heads.
     cfg = preset_config(model_id, aux=False, **({"arch": arch} if arch else {}))
     model = build_model(cfg).train()
+    winograd_layers = use_winograd(model, winograd)  # as flairkit fit does (train.winograd)
     criterion = MultiTaskLoss(cfg.tasks, DEFAULT_CLASS_WEIGHTS)
     optim = OptimConfig()  # the benchmark's AdamW settings
     optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
@@ -116,6 +118,7 @@ def run_one(name: str, steps: int) -> dict:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "loss_finite": all(math.isfinite(v) for v in losses),
         "torch_threads": torch.get_num_threads(),
+        "winograd_layers": winograd_layers,
         "matmul_gflops": round(gflops, 1),
     }
 
@@ -172,13 +175,17 @@ def run_official(name: str, steps: int, src: str) -> dict:
     return {"s_per_step": round(sum(times[1:]) / steps, 3)}
 
 
-def run_isolated(name: str, steps: int, official_src: str | None = None) -> dict:
+def run_isolated(
+    name: str, steps: int, official_src: str | None = None, winograd: bool = True
+) -> dict:
     """One configuration in a fresh process (its own peak RSS): JSON row, or {"error": ...}."""
     import subprocess
 
     cmd = [sys.executable, __file__, "--steps", str(steps), "--one", name]
     if official_src:
         cmd += ["--official-src", official_src]
+    if not winograd:
+        cmd += ["--no-winograd"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
@@ -192,13 +199,18 @@ def main() -> None:
     parser.add_argument(
         "--official-src", help="IGNF/FLAIR-HUB src folder: also time the official model here"
     )
+    parser.add_argument(
+        "--no-winograd",
+        action="store_true",
+        help="direct 3x3 convolutions (train.winograd=false) instead of Winograd",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         if args.official_src:
             print(json.dumps(run_official(args.one, args.steps, args.official_src)))
         else:
-            print(json.dumps(run_one(args.one, args.steps)))
+            print(json.dumps(run_one(args.one, args.steps, not args.no_winograd)))
         return
     result: dict = {
         "bench": "train",
@@ -208,7 +220,7 @@ def main() -> None:
         "optimizer": "adamw",
     }
     for name in args.only or CONFIGS:
-        row = run_isolated(name, args.steps)
+        row = run_isolated(name, args.steps, winograd=not args.no_winograd)
         if "error" in row:
             result[name] = row
             continue

@@ -409,6 +409,10 @@ class TrainConfig:
         limit_val_batches: likewise for validation.
         log_every_n_steps: logging period.
         progress_bar: show a progress bar.
+        winograd: on a CPU in float32, train the 3x3 convolutions of 64 channels or more
+            through Winograd F(4,3)/F(2,3) (``flairkit.models.winograd``): same results to
+            ~1e-5 relative, a ResNet18 U-Net step ~17 % faster. Evaluation, prediction and maps
+            always use the direct convolution. No effect on a GPU or under mixed precision.
     """
 
     output_dir: Path = Path("runs/flairkit")
@@ -425,6 +429,7 @@ class TrainConfig:
     limit_val_batches: float | int = 1.0
     log_every_n_steps: int = 10
     progress_bar: bool = True
+    winograd: bool = True
 
 
 @dataclass(frozen=True)

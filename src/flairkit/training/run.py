@@ -32,6 +32,7 @@ from flairkit.io.catalog import Catalog
 from flairkit.io.writers import write_class_map
 from flairkit.modalities import Task, class_table
 from flairkit.models.presets import get_preset
+from flairkit.models.winograd import use_winograd
 from flairkit.reports import report_paths, write_report
 from flairkit.training.task import SegmentationTask, ignored_classes
 from flairkit.transforms.augment import FlipRotate
@@ -182,6 +183,7 @@ def fit(cfg: RunConfig, resume: bool | str = "auto", callbacks: list | None = No
     cfg = replace(cfg, model=model_cfg)
     save_run_config(cfg, out / "config.yaml")
     task = SegmentationTask(cfg.model, cfg.preprocess, cfg.loss, cfg.optim)
+    use_winograd(task.model, cfg.train.winograd)  # CPU training only; see TrainConfig
     val_path = out / "val_scores.json"
     callbacks = [*(callbacks or []), _ValScoresWriter(val_path)]
     trainer = _trainer(cfg, "fit", resuming, callbacks)
