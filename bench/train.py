@@ -13,7 +13,8 @@ Configurations (batch 2 unless stated):
 
 Each configuration runs in a fresh subprocess so its peak RSS is its own; the first step is a
 warm-up and is not timed. The step is set up as ``flairkit fit`` sets it up: glibc told to reuse
-freed memory (``flairkit.memory``). The figures depend on the CPU and on
+freed memory (``flairkit.memory``), 3x3 convolutions through Winograd (``train.winograd``;
+``--no-winograd`` for the direct convolution). The figures depend on the CPU and on
 what else runs on it: each row gives ``matmul_gflops``, the fp32 matmul throughput measured just
 before, to compare machines.
 
@@ -25,7 +26,10 @@ row also times the unmodified official ``FLAIR_HUB_Model`` on this machine, same
 flairkit / official with the issue's target ratio (2.0 / 2.9, 3.5 / 5.0, 1). On the 2-core CPU
 of 2026-11-27 (matmul ~66 GFLOP/s) the official code took 5.44, 7.35 and 26.9 s per step.
 
-Usage: python bench/train.py [--steps 3] [--only a b ...] [--official-src PATH]
+On 2026-11-27 with Winograd (matmul ~66-69 GFLOP/s): 3.49 s vs official 5.41 s (0.645),
+4.28 vs 6.87 s (0.623), 23.4 vs 26.1 s (0.899); batch 1: 11.7 s.
+
+Usage: python bench/train.py [--steps 3] [--only a b ...] [--official-src PATH] [--no-winograd]
 """
 
 from __future__ import annotations

@@ -135,3 +135,15 @@ def test_training_step_matches_direct_and_evaluation_is_unchanged():
         torch.testing.assert_close(
             p_fast.grad, p_plain.grad, rtol=0, atol=1e-4 * scale, msg=f"grad of {name}"
         )
+
+
+def test_train_config_switch():
+    from pathlib import Path
+
+    from flairkit.config import load_run_config
+
+    demo = Path(__file__).parents[2] / "configs" / "demo.yaml"
+    assert load_run_config(demo).train.winograd is True
+    assert load_run_config(demo, ["train.winograd=false"]).train.winograd is False
+    with pytest.raises(ValueError, match="train.winograd"):
+        load_run_config(demo, ["train.winograd=sometimes"])
