@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -217,3 +219,20 @@ def test_map_errors_name_the_key(
     assert "inputs.AERIAL_RGBI.path" in err and "nowhere.tif: raster not found" in err
     assert main(["map", "-c", str(config), "runtime.device=gpu"]) == 2
     assert "runtime.device: 'gpu' is not one of" in capsys.readouterr().err
+
+
+def test_lightning_messages_print_once() -> None:
+    """Lightning's own log handler and ours must not both print its messages."""
+    script = (
+        "import sys\n"
+        "from flairkit import cli\n"
+        "def command(args):\n"
+        "    from lightning.pytorch.utilities.rank_zero import rank_zero_info\n"
+        "    rank_zero_info('lightning says this once')\n"
+        "    return 0\n"
+        "cli._COMMANDS['info'] = command\n"
+        "sys.exit(cli.main(['info', '.']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (proc.stdout + proc.stderr).count("lightning says this once") == 1

@@ -400,6 +400,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # Lightning gives its "lightning" logger a handler of its own: without this its messages
+    # would also reach ours and print twice.
+    logging.getLogger("lightning").propagate = False
     try:
         return _COMMANDS[args.command](args)
     except (DataError, ConfigError, KeyError, ValueError, FileNotFoundError, WeightsError) as exc:
