@@ -183,7 +183,8 @@ def fit(cfg: RunConfig, resume: bool | str = "auto", callbacks: list | None = No
     cfg = replace(cfg, model=model_cfg)
     save_run_config(cfg, out / "config.yaml")
     task = SegmentationTask(cfg.model, cfg.preprocess, cfg.loss, cfg.optim)
-    use_winograd(task.model, cfg.train.winograd)  # CPU training only; see TrainConfig
+    if cfg.train.winograd:  # CPU float32 training only; see TrainConfig
+        log.info("Winograd for %d 3x3 convolutions on CPU", use_winograd(task.model))
     val_path = out / "val_scores.json"
     callbacks = [*(callbacks or []), _ValScoresWriter(val_path)]
     trainer = _trainer(cfg, "fit", resuming, callbacks)
