@@ -31,8 +31,8 @@ demo: install
 	$(VENV)/bin/flairkit map --config configs/zones/example.yaml runtime.progress=false output.on_existing=overwrite
 	@echo "demo figure: $(abspath $(DEMO_DIR)/patch.png)"
 	@echo "demo report: $(abspath $(DEMO_DIR)/run/report_test)"
-	@echo "demo map (COG): $(abspath build/zone/map/lpis.tif)"
-	@echo "demo map preview: $(abspath build/zone/map/lpis_preview.png)"
+	@echo "demo map (COG): $(abspath build/zone/map/cosia.tif)"
+	@echo "demo map preview: $(abspath build/zone/map/cosia_preview.png)"
 
 test: install
 	$(PY) -m pytest -q

@@ -603,7 +603,7 @@ def test_example_config_loads() -> None:
     cfg = load_zone_config(path)
     assert set(cfg.inputs) == {AERIAL, S2}
     assert cfg.inputs[S2].mask is not None and cfg.inputs[S2].mask.name == "SENTINEL2_MSK-SC.tif"
-    assert cfg.model.is_absolute() and cfg.output.path.name == "lpis.tif"
+    assert cfg.model.is_absolute() and cfg.output.path.name == "cosia.tif"
 
 
 @pytest.mark.slow
