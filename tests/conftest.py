@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 
@@ -40,3 +42,17 @@ ZONE_KWARGS = dict(seed=0, aerial_px=256, patches=(2, 3), min_dates=4, max_dates
 def synthetic_zone(tmp_path_factory: pytest.TempPathFactory) -> ZoneSummary:
     """Patch files of one ROI and mosaic rasters of the same pixels (read-only)."""
     return make_synthetic_zone(tmp_path_factory.mktemp("zone"), **ZONE_KWARGS)
+
+
+@pytest.fixture(scope="module")
+def module_tmp(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
+    """A folder for one test module's shared files, deleted when the module is done.
+
+    Module fixtures that train or save models write a few hundred MB (checkpoints with the
+    optimiser state); kept to the end of the session they filled a small CI disk.
+    """
+    path = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -67,17 +67,13 @@ def save_random_model(path: Path, zone: ZoneSummary, with_s2: bool) -> Path:
 
 
 @pytest.fixture(scope="module")
-def aerial_model(tmp_path_factory, synthetic_zone: ZoneSummary) -> Path:
-    return save_random_model(
-        tmp_path_factory.mktemp("models") / "aerial.safetensors", synthetic_zone, False
-    )
+def aerial_model(module_tmp: Path, synthetic_zone: ZoneSummary) -> Path:
+    return save_random_model(module_tmp / "aerial.safetensors", synthetic_zone, False)
 
 
 @pytest.fixture(scope="module")
-def s2_model(tmp_path_factory, synthetic_zone: ZoneSummary) -> Path:
-    return save_random_model(
-        tmp_path_factory.mktemp("models") / "s2.safetensors", synthetic_zone, True
-    )
+def s2_model(module_tmp: Path, synthetic_zone: ZoneSummary) -> Path:
+    return save_random_model(module_tmp / "s2.safetensors", synthetic_zone, True)
 
 
 def zone_inputs(zone: ZoneSummary, with_s2: bool) -> dict:
@@ -357,9 +353,9 @@ def test_resume_recomputes_only_unfinished_tiles(
 
 
 @pytest.fixture(scope="module")
-def one_rank_map(tmp_path_factory, synthetic_zone: ZoneSummary, aerial_model: Path) -> tuple:
+def one_rank_map(module_tmp: Path, synthetic_zone: ZoneSummary, aerial_model: Path) -> tuple:
     """Map of a small CNN in one piece (reference for the sharded runs)."""
-    path = tmp_path_factory.mktemp("one_rank") / "map.tif"
+    path = module_tmp / "one_rank" / "map.tif"
     cfg = zone_config(synthetic_zone, aerial_model, path, output={"write_proba": True})
     out = predict_zone(cfg, model=small_cnn_model(aerial_model))
     return read_map(out.class_path), read_map(out.proba_path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import timm
 import torch
@@ -165,10 +167,10 @@ def test_adapt_fewer_channels_and_timm_rule() -> None:
 
 
 @pytest.fixture(scope="module")
-def resnet18_file(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+def resnet18_file(module_tmp: Path) -> tuple:
     torch.manual_seed(1)
     model = timm.create_model("resnet18", pretrained=False)
-    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
+    path = module_tmp / "resnet18.pth"
     torch.save({"state_dict": model.state_dict()}, path)  # Lightning-style wrapper
     return path, model.state_dict()
 

@@ -58,7 +58,7 @@ class SamplerProbe(L.Callback):
 
 
 @pytest.fixture(scope="module")
-def split_file(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def split_file(synthetic_root: Path, module_tmp: Path) -> Path:
     official = Catalog.scan(synthetic_root)
     train = [r.patch_id for r in official.filter(split="train").refs][:4]
     val = [r.patch_id for r in official.filter(split="val").refs][:3]
@@ -66,7 +66,7 @@ def split_file(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -
     assert set(TEST_IDS) <= {r.patch_id for r in official.filter(split="test").refs}
     mapping = {**dict.fromkeys(train, "train"), **dict.fromkeys(val, "val")}
     mapping.update(dict.fromkeys(TEST_IDS, "test"))
-    path = tmp_path_factory.mktemp("split") / "split.json"
+    path = module_tmp / "split.json"
     path.write_text(json.dumps(mapping))
     return path
 
@@ -96,10 +96,8 @@ def make_config(root: Path, split: Path, out: Path, devices: int) -> RunConfig:
 
 
 @pytest.fixture(scope="module")
-def fitted(
-    synthetic_root: Path, split_file: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[RunConfig, FitResult]:
-    out = tmp_path_factory.mktemp("ddp") / "fit"
+def fitted(synthetic_root: Path, split_file: Path, module_tmp: Path) -> tuple[RunConfig, FitResult]:
+    out = module_tmp / "fit"
     cfg = make_config(synthetic_root, split_file, out, devices=2)
     out.mkdir()
     return cfg, fit(cfg, callbacks=[SamplerProbe(out)])

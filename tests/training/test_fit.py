@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -38,8 +39,8 @@ def write_config(path: Path, root: Path, out: Path, **train) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory):
-    tmp = tmp_path_factory.mktemp("fit")
+def trained(synthetic_root: Path, module_tmp: Path):
+    tmp = module_tmp
     cfg = load_run_config(
         write_config(tmp / "run.yaml", synthetic_root, tmp / "run", limit_train_batches=3)
     )
@@ -113,6 +114,10 @@ def test_killed_run_resumes_to_the_same_weights(synthetic_root: Path, tmp_path: 
         write_config(tmp_path / "a.yaml", synthetic_root, tmp_path / "a", **train)
     )
     fit(straight)
+    a = torch.load(
+        tmp_path / "a" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
+    shutil.rmtree(tmp_path / "a")  # ~400 MB of checkpoints: keep the disk peak of the suite low
     config_b = write_config(tmp_path / "b.yaml", synthetic_root, tmp_path / "b", **train)
     killed = subprocess.run(
         [sys.executable, "-c", KILL_SCRIPT, str(config_b)], capture_output=True, text=True
@@ -123,9 +128,6 @@ def test_killed_run_resumes_to_the_same_weights(synthetic_root: Path, tmp_path: 
     )
     assert last["epoch"] == 1  # killed in the third epoch (index 2): epochs 0 and 1 are on disk
     fit(load_run_config(config_b))  # resumes from last.ckpt
-    a = torch.load(
-        tmp_path / "a" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
-    )
     b = torch.load(
         tmp_path / "b" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
     )

@@ -97,8 +97,8 @@ def chance_scores(cfg: RunConfig) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, float]]:
-    tmp = tmp_path_factory.mktemp("fusion")
+def results(module_tmp: Path) -> dict[str, dict[str, float]]:
+    tmp = module_tmp
     root = tmp / "flairhub"
     make_synthetic_flairhub(root, **SYNTH)
     out: dict[str, dict[str, float]] = {}
