@@ -5,7 +5,9 @@ Errors name the dotted path of the bad key (``preprocess.inputs.SENTINEL2_TS.nor
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -262,6 +264,8 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             _convert(key_tp, k, _join(path, str(k))): _convert(value_tp, v, _join(path, str(k)))
             for k, v in value.items()
         }
+    if tp is Task:
+        return parse_task(value, where)
     if isinstance(tp, type) and issubclass(tp, Enum):
         if isinstance(value, tp):
             return value
@@ -299,8 +303,23 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-4`` as a float (YAML 1.1 wants ``1.0e-4``: a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader: no arbitrary objects
+
+
 def load_yaml(path: str | Path) -> Any:
-    """Read a YAML file.
+    """Read a YAML file (``1e-4`` is a float, as in YAML 1.2).
 
     Raises:
         ConfigError: the file is missing or not valid YAML.
@@ -309,7 +328,7 @@ def load_yaml(path: str | Path) -> Any:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return _parse_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
 
@@ -363,6 +382,15 @@ class LossConfig:
     task_weights: Mapping[Task, float] = field(default_factory=dict)
     aux_weight: float = 1.5
 
+    def __post_init__(self) -> None:
+        for task, weights in self.class_weights.items():
+            for index, weight in weights.items():
+                if not weight >= 0:  # also NaN
+                    raise ConfigError(
+                        f"loss.class_weights.{getattr(task, 'value', task)}.{index}: "
+                        f"weight must be >= 0, got {weight}"
+                    )
+
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -372,10 +400,12 @@ class OptimConfig:
         optimizer: ``adamw``, ``adam`` or ``sgd``.
         lr: (peak) learning rate.
         weight_decay: decoupled weight decay.
-        scheduler: ``one_cycle`` (per step), ``plateau`` (on val loss), ``cycle_then_plateau``
-            or ``none``.
-        warmup_fraction: one-cycle warm-up share of the steps.
-        div_factor: one-cycle initial lr = lr / div_factor.
+        scheduler: ``one_cycle`` (per step: cosine up to ``lr`` over ``warmup_fraction`` of
+            the steps, then down to ``lr / div_factor / 1e4``); ``plateau`` (halve the lr after
+            ``plateau_patience`` epochs without a lower validation loss, then wait 4 epochs);
+            ``cycle_then_plateau`` (the one-cycle warm-up, then ``plateau``); ``none``.
+        warmup_fraction: share of the steps spent warming up.
+        div_factor: the lr starts at ``lr / div_factor``.
         plateau_patience: epochs without val-loss improvement before the lr halves.
     """
 
@@ -454,14 +484,30 @@ class RunConfig:
     optim: OptimConfig = OptimConfig()
     preset: str | None = None
 
+    def __post_init__(self) -> None:
+        # Weights for a task the model does not have are allowed (the defaults name both).
+        for task, weights in self.loss.class_weights.items():
+            num_classes = self.model.tasks.get(task)
+            if num_classes is None:
+                continue
+            for index in weights:
+                if not 0 <= index < num_classes:
+                    raise ConfigError(
+                        f"loss.class_weights.{task.value}.{index}: class {index} out of range "
+                        f"(the task has {num_classes} classes)"
+                    )
+
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``dotted.key=value`` overrides (values parsed as YAML) to nested plain data.
+    """Apply ``dotted.key=value`` overrides (values parsed as YAML, as ``load_yaml`` does).
 
     Raises:
-        ConfigError: an override without ``=``.
+        ConfigError: an override without ``=``, through a key that is not a section, or with
+            a value that is not valid YAML; or overrides of data that is not a mapping.
     """
-    out = yaml.safe_load(yaml.safe_dump(data)) if data else {}
+    out = copy.deepcopy(data) if data else {}
+    if overrides and not isinstance(out, dict):
+        raise ConfigError(f"overrides need a mapping at the top level, got {type(out).__name__}")
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. train.max_epochs=3")
@@ -469,10 +515,15 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # absent, or an empty section (``train:``)
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(text)
+        try:
+            node[parts[-1]] = _parse_yaml(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: invalid YAML value ({exc})") from exc
     return out
 
 
@@ -488,20 +539,20 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
         ConfigError: with the dotted path of the bad key.
     """
     raw = load_yaml(path) if path is not None else {}
-    raw = apply_overrides(raw or {}, overrides or [])
-    if not isinstance(raw, dict):
+    if not isinstance(raw or {}, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = apply_overrides(raw or {}, overrides or [])
     base = Path(path).parent if path is not None else Path.cwd()
     raw = dict(raw)
     known = {f.name for f in dataclasses.fields(RunConfig)}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{sorted(unknown)[0]}: unknown key; valid: {', '.join(sorted(known))}")
-    if "data" not in raw or "root" not in (raw.get("data") or {}):
+    data_raw = _section(raw, "data")
+    if "root" not in data_raw:
         raise ConfigError("data.root: missing (the dataset root)")
-    data_raw = dict(raw["data"])
     data_raw["root"] = str(_resolve(base, data_raw["root"]))
-    model_raw = dict(raw.get("model") or {})
+    model_raw = _section(raw, "model")
     preset = model_raw.pop("preset", None) or raw.get("preset")
     if preset is not None:
         from flairkit.models.presets import preset_config
@@ -512,10 +563,10 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
     if "pretrained_path" in model_raw and model_raw["pretrained_path"]:
         model_raw["pretrained_path"] = str(_resolve(base, model_raw["pretrained_path"]))
     model = from_dict(ModelConfig, model_raw, "model")
-    pre_raw = raw.get("preprocess") or {}
+    pre_raw = _section(raw, "preprocess")
     default_pre = to_dict(preprocess_config_for(list(model.inputs), tuple(model.tasks)))
     preprocess = from_dict(PreprocessConfig, _merge(default_pre, pre_raw), "preprocess")
-    train_raw = dict(raw.get("train") or {})
+    train_raw = _section(raw, "train")
     if "output_dir" in train_raw:
         train_raw["output_dir"] = str(_resolve(base, train_raw["output_dir"]))
     else:  # runs/<config name> in the working directory
@@ -526,10 +577,20 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
         model=model,
         preprocess=preprocess,
         train=from_dict(TrainConfig, train_raw, "train"),
-        loss=from_dict(LossConfig, raw.get("loss") or {}, "loss"),
-        optim=from_dict(OptimConfig, raw.get("optim") or {}, "optim"),
+        loss=from_dict(LossConfig, _section(raw, "loss"), "loss"),
+        optim=from_dict(OptimConfig, _section(raw, "optim"), "optim"),
         preset=str(preset).upper() if preset else None,
     )
+
+
+def _section(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """A top-level section as a new dict; an absent or empty (``train:``) section is {}."""
+    value = raw.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{name}: expected a mapping, got {type(value).__name__}")
+    return dict(value)
 
 
 def _resolve(base: Path, value: str | Path) -> Path:
@@ -758,9 +819,9 @@ def load_zone_config(path: str | Path | None, overrides: list[str] | None = None
         ConfigError: with the dotted path of the bad key.
     """
     raw = load_yaml(path) if path is not None else {}
-    raw = apply_overrides(raw or {}, overrides or [])
-    if not isinstance(raw, dict):
+    if not isinstance(raw or {}, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = apply_overrides(raw or {}, overrides or [])
     base = Path(path).parent if path is not None else Path.cwd()
     raw = dict(raw)
     for key in ("model", "inputs", "output"):

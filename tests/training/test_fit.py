@@ -22,7 +22,7 @@ from flairkit.modalities import COSIA_CLASSES, Modality, hex_to_rgb
 from flairkit.training.run import evaluate, fit, predict
 
 
-def write_config(path: Path, root: Path, out: Path, **train) -> Path:
+def write_config(path: Path, root: Path, out: Path, optim: dict | None = None, **train) -> Path:
     config = {
         "data": {"root": str(root), "batch_size": 2},
         "model": {
@@ -32,7 +32,7 @@ def write_config(path: Path, root: Path, out: Path, **train) -> Path:
             "arch": "resnet18-unet",
         },
         "train": {"max_epochs": 1, "progress_bar": False, "output_dir": str(out), **train},
-        "optim": {"lr": 0.001},
+        "optim": {"lr": 0.001, **(optim or {})},
     }
     path.write_text(yaml.safe_dump(config))
     return path
@@ -108,17 +108,26 @@ KILL_SCRIPT = textwrap.dedent(
 )
 
 
-def test_killed_run_resumes_to_the_same_weights(synthetic_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "optim",
+    [{}, {"scheduler": "cycle_then_plateau", "warmup_fraction": 0.25, "plateau_patience": 0}],
+    ids=["one_cycle", "cycle_then_plateau"],
+)
+def test_killed_run_resumes_to_the_same_weights(
+    synthetic_root: Path, tmp_path: Path, optim: dict
+) -> None:
     train = dict(max_epochs=4, limit_train_batches=3, limit_val_batches=2, seed=7)
     straight = load_run_config(
-        write_config(tmp_path / "a.yaml", synthetic_root, tmp_path / "a", **train)
+        write_config(tmp_path / "a.yaml", synthetic_root, tmp_path / "a", optim=optim, **train)
     )
     fit(straight)
     a = torch.load(
         tmp_path / "a" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
     )
     shutil.rmtree(tmp_path / "a")  # ~400 MB of checkpoints: keep the disk peak of the suite low
-    config_b = write_config(tmp_path / "b.yaml", synthetic_root, tmp_path / "b", **train)
+    config_b = write_config(
+        tmp_path / "b.yaml", synthetic_root, tmp_path / "b", optim=optim, **train
+    )
     killed = subprocess.run(
         [sys.executable, "-c", KILL_SCRIPT, str(config_b)], capture_output=True, text=True
     )
@@ -134,6 +143,12 @@ def test_killed_run_resumes_to_the_same_weights(synthetic_root: Path, tmp_path: 
     assert a["epoch"] == b["epoch"] == 3 and a["global_step"] == b["global_step"] == 12
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key
+    # the schedules too: learning rates, the warm-up's and the plateau's counters
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+    assert a.get("flairkit_plateau") == b.get("flairkit_plateau")
+    assert ("flairkit_plateau" in a) == bool(optim)
+    lrs = [[g["lr"] for g in c["optimizer_states"][0]["param_groups"]] for c in (a, b)]
+    assert lrs[0] == lrs[1]
 
 
 def test_resumed_run_keeps_the_metrics_of_the_epochs_before_the_kill(

@@ -22,7 +22,7 @@ def class_weight_vector(num_classes: int, weights: Mapping[int, float] | None) -
     """A (K,) float tensor of ones with the given per-class weights set.
 
     Raises:
-        ValueError: a class index outside [0, K) or a negative weight.
+        ValueError: a class index outside [0, K) or a negative (or NaN) weight.
     """
     vector = torch.ones(num_classes)
     for index, weight in (weights or {}).items():
@@ -30,8 +30,8 @@ def class_weight_vector(num_classes: int, weights: Mapping[int, float] | None) -
             raise ValueError(
                 f"class weight for class {index}, but the task has {num_classes} classes"
             )
-        if weight < 0:
-            raise ValueError(f"class {index}: negative weight {weight}")
+        if not weight >= 0:  # also NaN
+            raise ValueError(f"class {index}: weight must be >= 0, got {weight}")
         vector[int(index)] = float(weight)
     return vector
 
@@ -56,7 +56,9 @@ def weighted_cross_entropy(logits: Tensor, target: Tensor, weight: Tensor) -> Te
         logits.float(), target, weight=weight, ignore_index=IGNORE_INDEX, reduction="sum"
     )
     norm = weight[target.clamp_min(0)].masked_fill(~valid, 0).sum()
-    return total / norm.clamp_min(1e-6) if norm > 0 else total * 0.0
+    # sum w CE / sum w exactly, even for tiny weights. When no pixel counts, every term of the
+    # sum is 0 and so is its gradient: divide by 1 (no host sync, unlike ``if norm > 0``).
+    return total / torch.where(norm > 0, norm, torch.ones_like(norm))
 
 
 class MultiTaskLoss(nn.Module):

@@ -22,6 +22,7 @@ from flairkit.metrics import ConfusionMatrix, scores
 from flairkit.modalities import Task
 from flairkit.models.build import build_model
 from flairkit.training.losses import MultiTaskLoss
+from flairkit.training.schedules import PlateauAfterWarmup, WarmupThenHold
 
 
 def ignored_classes(loss: LossConfig, task: Task) -> tuple[int, ...]:
@@ -57,6 +58,10 @@ class SegmentationTask(L.LightningModule):
             model_config.tasks, loss.class_weights, loss.task_weights, loss.aux_weight
         )
         self.tasks = list(model_config.tasks)
+        # Validation loss summed over the samples of the epoch, and their count (for plateau).
+        self._val_loss = torch.zeros(2, dtype=torch.float64)
+        self._plateau: PlateauAfterWarmup | None = None
+        self._plateau_state: dict[str, Any] | None = None  # from a checkpoint, until built
         # Registered as modules so they follow the model to its device.
         self.matrices = nn.ModuleDict(
             {
@@ -99,6 +104,10 @@ class SegmentationTask(L.LightningModule):
         self.log(
             f"{stage}_loss", loss, prog_bar=stage == "val", sync_dist=True, batch_size=len(batch)
         )
+        if stage == "val":
+            self._val_loss += torch.tensor(
+                [float(loss) * len(batch), len(batch)], dtype=torch.float64
+            )
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
@@ -137,9 +146,29 @@ class SegmentationTask(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         for m in self.matrices["val"].values():
             m.reset()
+        self._val_loss.zero_()
 
     def on_validation_epoch_end(self) -> None:
         self.last_val_scores = self._epoch_scores("val")
+        self._step_plateau()
+
+    def _step_plateau(self) -> None:
+        """Step the plateau scheduler on the epoch's validation loss (mean over all samples).
+
+        Stepped here, as the reference does, and not by Lightning: Lightning steps epoch
+        schedulers after the checkpoint of the epoch is written and skips that step when it
+        resumes, so a resumed run would lag one epoch behind. Here the checkpoint written at
+        the end of validation holds the plateau's state after this epoch.
+        """
+        if self._plateau is None or self.trainer.sanity_checking:
+            return
+        if self.trainer.state.fn != "fit":
+            return
+        total, count = self.trainer.strategy.reduce(
+            self._val_loss.to(self.device), reduce_op="sum"
+        ).tolist()
+        if count > 0:
+            self._plateau.step(total / count)
 
     def on_test_epoch_start(self) -> None:
         for m in self.matrices["test"].values():
@@ -177,20 +206,26 @@ class SegmentationTask(L.LightningModule):
             )
         if cfg.scheduler == "none":
             return optimizer
+        # The reference's ReduceLROnPlateau: halve the lr after `plateau_patience` epochs
+        # without a lower validation loss, then wait 4 epochs.
+        # It is stepped by _step_plateau and saved by on_save_checkpoint, not by Lightning.
+        plateau = dict(factor=0.5, patience=cfg.plateau_patience, cooldown=4, min_lr=1e-7)
         if cfg.scheduler == "plateau":
-            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, factor=0.5, patience=cfg.plateau_patience, cooldown=4, min_lr=1e-7
-            )
+            self._plateau = self._restored(PlateauAfterWarmup(optimizer, None, **plateau))
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        if cfg.scheduler == "cycle_then_plateau":
+            warmup = WarmupThenHold(optimizer, int(cfg.warmup_fraction * total), cfg.div_factor)
+            self._plateau = self._restored(PlateauAfterWarmup(optimizer, warmup, **plateau))
             return {
                 "optimizer": optimizer,
-                "lr_scheduler": {"scheduler": plateau, "monitor": "val_loss", "interval": "epoch"},
+                "lr_scheduler": {"scheduler": warmup, "interval": "step"},
             }
-        total = max(1, int(self.trainer.estimated_stepping_batches))
         one_cycle = torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=cfg.lr,
             total_steps=total,
-            pct_start=1.0 if cfg.scheduler == "cycle_then_plateau" else cfg.warmup_fraction,
+            pct_start=cfg.warmup_fraction,
             div_factor=cfg.div_factor,
             cycle_momentum=False,
         )
@@ -198,6 +233,12 @@ class SegmentationTask(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": one_cycle, "interval": "step"},
         }
+
+    def _restored(self, plateau: PlateauAfterWarmup) -> PlateauAfterWarmup:
+        if self._plateau_state is not None:  # resuming: on_load_checkpoint came first
+            plateau.load_state_dict(self._plateau_state)
+            self._plateau_state = None
+        return plateau
 
     # -- exact resume ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -210,9 +251,12 @@ class SegmentationTask(L.LightningModule):
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
+        if self._plateau is not None:
+            checkpoint["flairkit_plateau"] = self._plateau.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the RNG states saved by ``on_save_checkpoint``."""
+        """Restore the RNG states and plateau state saved by ``on_save_checkpoint``."""
+        self._plateau_state = checkpoint.get("flairkit_plateau")
         state = checkpoint.get("flairkit_rng")
         if not state:
             return
