@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +18,12 @@ import torch
 import yaml
 
 from flairkit.checkpoint import load_model
+from flairkit.cli import main
 from flairkit.config import load_run_config
 from flairkit.io.catalog import Catalog
-from flairkit.modalities import COSIA_CLASSES, Modality, hex_to_rgb
+from flairkit.modalities import COSIA_CLASSES, Modality, Task, hex_to_rgb
+from flairkit.models.presets import get_preset
+from flairkit.reports import report_paths
 from flairkit.training.run import evaluate, fit, predict
 
 
@@ -184,3 +189,100 @@ def test_resumed_run_keeps_the_metrics_of_the_epochs_before_the_kill(
     # the rows of the epochs the checkpoint covered are the ones written before the kill
     kept = [r for r in before if r["epoch"] in ("0", "1")]
     assert [r for r in rows if r["epoch"] in ("0", "1")] == kept
+
+
+# -- the loop's options and the command line ---------------------------------------------------
+
+
+def test_gradient_accumulation_steps_once_per_two_batches(
+    synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Through the command line: 4 batches, accumulated by 2, are 2 optimiser steps."""
+    path = write_config(tmp_path / "run.yaml", synthetic_root, tmp_path / "run", max_epochs=1)
+    code = main(
+        ["fit", "--config", str(path), "train.accumulate_grad_batches=2",
+         "train.limit_train_batches=4", "train.limit_val_batches=1", "train.log_every_n_steps=1"]
+    )  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "val AERIAL_LABEL-COSIA: mIoU " in printed
+    assert f"model: {tmp_path / 'run' / 'model.safetensors'}" in printed
+    last = torch.load(
+        tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
+    assert last["global_step"] == 2
+    steps = {int(s["step"]) for s in last["optimizer_states"][0]["state"].values()}
+    assert steps == {2}  # AdamW stepped twice
+    with (tmp_path / "run" / "logs" / "metrics.csv").open(newline="") as f:
+        lrs = [r for r in csv.DictReader(f) if r.get("lr-AdamW")]
+    assert {r["step"] for r in lrs} == {"0", "1"}  # logged by batch, at the optimiser's step
+
+
+def test_early_stopping_ends_at_the_first_epoch_without_better_val_miou(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    """Patience 1: the run stops after the first epoch whose val mIoU is not above the best."""
+    train = dict(
+        max_epochs=5, limit_train_batches=1, limit_val_batches=2, early_stopping_patience=1
+    )
+    # lr 0: the weights do not move, the val mIoU does not improve
+    path = write_config(
+        tmp_path / "run.yaml", synthetic_root, tmp_path / "run",
+        optim={"lr": 0.0, "scheduler": "none"}, **train,
+    )  # fmt: skip
+    fit(load_run_config(path))
+    with (tmp_path / "run" / "logs" / "metrics.csv").open(newline="") as f:
+        mious = [float(r["val_miou"]) for r in csv.DictReader(f) if r["val_miou"]]
+    first_flat = next(e for e in range(1, len(mious)) if mious[e] <= max(mious[:e]))
+    assert len(mious) == first_flat + 1 < 5
+    last = torch.load(
+        tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
+    assert last["epoch"] == first_flat
+
+
+def test_resume_refuses_another_schedule_length(trained, tmp_path: Path) -> None:
+    cfg, _ = trained
+    with pytest.raises(ValueError, match=r"train.max_epochs=1.*cannot be resumed with 2"):
+        fit(replace(cfg, train=replace(cfg.train, max_epochs=2)))
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        fit(replace(cfg, train=replace(cfg.train, output_dir=tmp_path / "new")), resume=True)
+    # the command line says so, with exit code 2
+    saved = cfg.train.output_dir / "config.yaml"
+    assert main(["fit", "--config", str(saved), "train.max_epochs=2"]) == 2
+    assert main(["fit", "--config", str(saved), "train.max_epoch=2"]) == 2
+
+
+def test_command_line_errors_name_the_key(trained, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, _ = trained
+    saved = str(cfg.train.output_dir / "config.yaml")
+    assert main(["test", "--config", saved, "optim.lrr=1"]) == 2
+    assert "optim.lrr: unknown key" in capsys.readouterr().err
+    assert main(["fit", "--config", saved, "train.max_epochs=2"]) == 2
+    assert "train.max_epochs=1" in capsys.readouterr().err
+    assert main(["test", "--config", saved, "--weights", "/nonexistent.safetensors"]) == 2
+    assert "/nonexistent.safetensors: no trained model" in capsys.readouterr().err
+
+
+def test_command_line_test_prints_the_published_scores_beside_ours(
+    trained, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg, _ = trained
+    saved = str(cfg.train.output_dir / "config.yaml")
+    assert main(["test", "--config", saved, "preset=LC-A"]) == 0
+    out = capsys.readouterr().out
+    preset = get_preset("LC-A")
+    line = next(x for x in out.splitlines() if x.startswith("test AERIAL_LABEL-COSIA: "))
+    assert f"(published LC-A {preset.card_miou:.2f})" in line
+    assert f"(published LC-A {preset.card_oa:.2f})" in line
+    paths = report_paths(cfg.train.output_dir / "report_test", Task.COSIA)
+    scores = json.loads(paths["json"].read_text())["scores"]
+    assert f"mIoU {scores['miou']:.2f} (published" in line
+    for kind, path in paths.items():
+        assert f"  {kind}: {path}" in out and path.is_file()
+    assert main(["validate", "--config", saved]) == 0
+    assert capsys.readouterr().out.startswith("val AERIAL_LABEL-COSIA: mIoU ")
+    assert main(["predict", "--config", saved, "--split", "val"]) == 0
+    written = capsys.readouterr().out.strip()
+    count = len(Catalog.scan(cfg.data.root).filter(split="val"))
+    assert written == f"wrote {count} class maps to {cfg.train.output_dir / 'predictions_val'}"
