@@ -24,7 +24,7 @@ from flairkit.io.catalog import Catalog
 from flairkit.modalities import COSIA_CLASSES, Modality, Task, hex_to_rgb
 from flairkit.models.presets import get_preset
 from flairkit.reports import report_paths
-from flairkit.training.run import evaluate, fit, predict
+from flairkit.training.run import _trainer, evaluate, fit, predict
 
 
 def write_config(path: Path, root: Path, out: Path, optim: dict | None = None, **train) -> Path:
@@ -286,3 +286,11 @@ def test_command_line_test_prints_the_published_scores_beside_ours(
     written = capsys.readouterr().out.strip()
     count = len(Catalog.scan(cfg.data.root).filter(split="val"))
     assert written == f"wrote {count} class maps to {cfg.train.output_dir / 'predictions_val'}"
+
+
+@pytest.mark.parametrize("shown", [True, False])
+def test_progress_bar_follows_the_config(trained, shown: bool) -> None:
+    cfg, _ = trained
+    cfg = replace(cfg, train=replace(cfg.train, progress_bar=shown))
+    for stage in ("fit", "test", "predict"):
+        assert (_trainer(cfg, stage).progress_bar_callback is not None) is shown
