@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from test_fit import write_config  # tests/training is on sys.path
 
 from flairkit.config import load_run_config
 from flairkit.training.run import fit
 from flairkit.training.schedules import PlateauAfterWarmup, WarmupThenHold
 
-LR = 1e-3
+LR = 1e-3  # write_config's
 
 
 def _sgd(lr: float = 1.0) -> torch.optim.Optimizer:
@@ -115,23 +115,11 @@ def test_plateau_state_saves_without_the_warmup_and_loads_weights_only() -> None
 
 def _fit_lrs(root: Path, out: Path, epochs: int, **optim) -> tuple[list[float], list[dict]]:
     """Train on 2 batches per epoch; the lr of each step (metrics.csv) and the rows."""
-    config = {
-        "data": {"root": str(root), "batch_size": 2},
-        "model": {
-            "inputs": {"AERIAL_RGBI": 3},
-            "img_sizes": {"AERIAL_RGBI": 64},
-            "tasks": {"AERIAL_LABEL-COSIA": 19},
-            "arch": "resnet18-unet",
-        },
-        "train": {
-            "max_epochs": epochs, "progress_bar": False, "output_dir": str(out),
-            "limit_train_batches": 2, "limit_val_batches": 1, "log_every_n_steps": 1,
-            "early_stopping_patience": None,
-        },
-        "optim": {"lr": LR, **optim},
-    }  # fmt: skip
-    path = out.with_suffix(".yaml")
-    path.write_text(yaml.safe_dump(config))
+    train = dict(limit_train_batches=2, limit_val_batches=1, log_every_n_steps=1)
+    path = write_config(
+        out.with_suffix(".yaml"), root, out, optim=optim, max_epochs=epochs,
+        early_stopping_patience=None, **train,
+    )  # fmt: skip
     fit(load_run_config(path))
     with (out / "logs" / "metrics.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
