@@ -17,6 +17,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 import torch.distributed as dist
 import yaml
 
@@ -56,6 +57,11 @@ class SamplerProbe(L.Callback):
         }
         (self.folder / f"samplers_rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:  # this rank's validation loss sum and sample count
+            loss = pl_module._val_loss.tolist()
+            (self.folder / f"val_loss_rank{trainer.global_rank}.json").write_text(json.dumps(loss))
+
 
 @pytest.fixture(scope="module")
 def split_file(synthetic_root: Path, module_tmp: Path) -> Path:
@@ -89,6 +95,8 @@ def make_config(root: Path, split: Path, out: Path, devices: int) -> RunConfig:
             "strategy": "ddp_spawn" if devices > 1 else "auto",
             "progress_bar": False,
         },
+        # stepped on the validation loss summed over the processes
+        "optim": {"scheduler": "plateau"},
     }
     path = out.with_suffix(".yaml")
     path.write_text(yaml.safe_dump(raw))
@@ -122,6 +130,15 @@ def test_fit_on_two_processes(fitted: tuple[RunConfig, FitResult]) -> None:
         assert r["val"] == "UnrepeatedDistributedSampler"
     assert sorted(ranks[0]["train_indices"] + ranks[1]["train_indices"]) == [0, 1, 2, 3]
     assert ranks[0]["val_indices"] == [0, 2] and ranks[1]["val_indices"] == [1]
+
+    # The plateau scheduler saw the mean validation loss of the 3 patches, not of one rank's.
+    sums = [json.loads((out / f"val_loss_rank{r}.json").read_text()) for r in (0, 1)]
+    assert [n for _, n in sums] == [2, 1]
+    plateau = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)[
+        "flairkit_plateau"
+    ]
+    assert plateau["last_epoch"] == 1
+    assert plateau["best"] == pytest.approx((sums[0][0] + sums[1][0]) / 3, rel=1e-12)
 
 
 def test_evaluate_on_two_processes_is_exact(

@@ -104,7 +104,7 @@ class SegmentationTask(L.LightningModule):
         self.log(
             f"{stage}_loss", loss, prog_bar=stage == "val", sync_dist=True, batch_size=len(batch)
         )
-        if stage == "val":
+        if stage == "val" and self._plateau is not None:
             self._val_loss += torch.tensor(
                 [float(loss) * len(batch), len(batch)], dtype=torch.float64
             )
@@ -146,7 +146,9 @@ class SegmentationTask(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         for m in self.matrices["val"].values():
             m.reset()
-        self._val_loss.zero_()
+        # A new tensor in each process: one made in __init__ would be shared by the processes
+        # that ddp_spawn starts (torch.multiprocessing moves CPU tensors to shared memory).
+        self._val_loss = torch.zeros(2, dtype=torch.float64)
 
     def on_validation_epoch_end(self) -> None:
         self.last_val_scores = self._epoch_scores("val")
@@ -164,8 +166,8 @@ class SegmentationTask(L.LightningModule):
             return
         if self.trainer.state.fn != "fit":
             return
-        total, count = self.trainer.strategy.reduce(
-            self._val_loss.to(self.device), reduce_op="sum"
+        total, count = self.trainer.strategy.reduce(  # in place: on a copy
+            self._val_loss.to(self.device, copy=True), reduce_op="sum"
         ).tolist()
         if count > 0:
             self._plateau.step(total / count)
