@@ -397,7 +397,8 @@ class OptimConfig:
     """Optimiser and schedule; defaults are the benchmark's (spec section 6.2).
 
     Attributes:
-        optimizer: ``adamw``, ``adam`` or ``sgd``.
+        optimizer: ``adamw`` (the benchmark's), ``adam`` or ``sgd`` (momentum 0.9 and weight
+            decay; the reference's SGD has neither).
         lr: (peak) learning rate.
         weight_decay: decoupled weight decay.
         scheduler: ``one_cycle`` (per step: cosine up to ``lr`` over ``warmup_fraction`` of
