@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -199,7 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"flairkit {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument(
+        "-v", "--verbose", "--debug", action="count", default=0,
+        help="more logging; on an error, also print the traceback",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_synth(sub)
     _add_info(sub)
@@ -394,8 +398,42 @@ _COMMANDS = {
 }
 
 
+class UserError(Exception):
+    """Bad input found by a command itself; exits 2 with the message."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input (a file, a config key): exit 2, one line, no traceback."""
+    errors: list[type[BaseException]] = [
+        UserError, DataError, ConfigError, KeyError, ValueError, WeightsError, OSError,
+    ]  # fmt: skip
+    try:  # a wrong accelerator, devices or strategy reaches Lightning's own check
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        errors.append(MisconfigurationException)
+    except ImportError:  # pragma: no cover - Lightning is installed with flairkit
+        pass
+    return tuple(errors)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of an exception on one line, naming the file of an OSError."""
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in str(exc.strerror):
+        # "[Errno 13] Permission denied: 'x'" -> "x: permission denied"
+        reason = exc.strerror or str(exc)
+        return f"{exc.filename}: {reason[:1].lower()}{reason[1:]}"
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())  # several lines (GDAL, Lightning) fold into one
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (2 for bad input, with the reason on stderr)."""
+    """Run the command line; returns the exit code.
+
+    Bad input (a file or config key): 2, with one line naming it on stderr. Interrupted
+    (Ctrl-C, SIGINT): one line, 130. ``-v`` also prints the traceback of an error.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
@@ -405,9 +443,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("lightning").propagate = False
     try:
         return _COMMANDS[args.command](args)
-    except (DataError, ConfigError, KeyError, ValueError, FileNotFoundError, WeightsError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"flairkit {args.command}: error: {message}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if args.verbose:
+            traceback.print_exc()
+        print(
+            f"flairkit {args.command}: interrupted; what was written is kept "
+            "(run the same command again to resume where it can)",
+            file=sys.stderr,
+        )
+        return 130
+    except _user_errors() as exc:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"flairkit {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
 
 
