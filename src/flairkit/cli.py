@@ -21,7 +21,6 @@ from flairkit import __version__
 from flairkit.config import ConfigError
 from flairkit.io.raster import DataError
 from flairkit.modalities import Modality
-from flairkit.models.official import WeightsError
 
 log = logging.getLogger("flairkit")
 
@@ -404,15 +403,20 @@ class UserError(Exception):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input (a file, a config key): exit 2, one line, no traceback."""
+    # (flairkit.models.official.WeightsError is a ValueError: importing it here would load torch
+    # and timm for every command)
     errors: list[type[BaseException]] = [
-        UserError, DataError, ConfigError, KeyError, ValueError, WeightsError, OSError,
-    ]  # fmt: skip
-    try:  # a wrong accelerator, devices or strategy reaches Lightning's own check
+        UserError,
+        DataError,
+        ConfigError,
+        KeyError,
+        ValueError,
+        OSError,
+    ]
+    if "lightning" in sys.modules:  # a wrong accelerator, devices or strategy: Lightning's check
         from lightning.fabric.utilities.exceptions import MisconfigurationException
 
         errors.append(MisconfigurationException)
-    except ImportError:  # pragma: no cover - Lightning is installed with flairkit
-        pass
     return tuple(errors)
 
 
