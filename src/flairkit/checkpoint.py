@@ -8,6 +8,8 @@ writes (read with ``weights_only=True``).
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,22 @@ from flairkit import __version__
 from flairkit.config import ModelConfig, PreprocessConfig, from_dict, to_dict
 from flairkit.models.build import build_model
 from flairkit.models.segmenter import MultiModalSegmenter
+from flairkit.safe_load import load_weights_only
 
 METADATA_KEY = "flairkit"
+
+
+class NonFiniteWeightsError(ValueError):
+    """Weights hold NaN or infinite values: they are never saved as a model."""
+
+
+def nonfinite_tensors(state: Mapping[str, Tensor]) -> list[str]:
+    """Names of the floating-point tensors of a state dict that hold a NaN or an infinity."""
+    return [
+        name
+        for name, value in state.items()
+        if value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
 
 
 def save_model(
@@ -29,10 +45,22 @@ def save_model(
     preprocess: PreprocessConfig,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write weights and their recipe to a ``.safetensors`` file."""
+    """Write weights and their recipe to a ``.safetensors`` file, atomically.
+
+    Raises:
+        NonFiniteWeightsError: a tensor holds NaN or inf (nothing is written, a file already
+            at ``path`` is kept).
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise NonFiniteWeightsError(
+            f"{path}: not written: {len(bad)} of {len(state)} tensors hold NaN or infinite "
+            f"values (e.g. {', '.join(bad[:3])}); the training diverged"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "flairkit_version": __version__,
@@ -40,8 +68,9 @@ def save_model(
         "preprocess": to_dict(preprocess),
         **(extra or {}),
     }
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={METADATA_KEY: json.dumps(meta)})
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
+    os.replace(tmp, path)  # a reader never sees a half-written model
     return path
 
 
@@ -62,7 +91,7 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
                 f"{path}: no flairkit recipe in the file (is it an official FLAIR-HUB file?)"
             )
         return json.loads(meta[METADATA_KEY])
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_weights_only(path)
     hparams = checkpoint.get("hyper_parameters") or {}
     if "model" not in hparams or "preprocess" not in hparams:
         raise ValueError(f"{path}: not a checkpoint written by flairkit fit")
@@ -90,7 +119,7 @@ def load_model(path: str | Path) -> tuple[MultiModalSegmenter, PreprocessConfig]
 
         state: dict[str, Tensor] = load_file(str(path))
     else:
-        raw = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        raw = load_weights_only(path)["state_dict"]
         state = {k.removeprefix("model."): v for k, v in raw.items() if k.startswith("model.")}
     model.load_state_dict(state, strict=True)
     return model.eval(), preprocess

@@ -34,6 +34,8 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from flairkit.safe_load import load_weights_only
+
 log = logging.getLogger(__name__)
 
 #: The reference's default mono-temporal backbone (``swin_base_patch4_window12_384-upernet``).
@@ -272,7 +274,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         from safetensors.torch import load_file  # optional dependency, needed only here
 
         return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_weights_only(path)
     for wrapper in ("state_dict", "model"):
         if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
             state = state[wrapper]
