@@ -7,6 +7,7 @@ writes (read with ``weights_only=True``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
@@ -19,8 +20,15 @@ from torch import Tensor
 from flairkit import __version__
 from flairkit.config import ModelConfig, PreprocessConfig, from_dict, to_dict
 from flairkit.models.build import build_model
+from flairkit.models.official import (
+    WeightsError,
+    check_finite,
+    describe_mismatch,
+    read_safetensors,
+    read_safetensors_header,
+    read_torch_file,
+)
 from flairkit.models.segmenter import MultiModalSegmenter
-from flairkit.safe_load import load_weights_only
 
 METADATA_KEY = "flairkit"
 
@@ -78,24 +86,63 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     """The metadata of a flairkit model file (``model``, ``preprocess``, version, extras).
 
     Raises:
-        ValueError: not a flairkit model file.
+        FileNotFoundError: no such file.
+        WeightsError: not a flairkit model file, a damaged one, or one whose recipe is not a
+            mapping with ``model`` and ``preprocess``; the message starts with the file's path.
     """
-    path = Path(path)
+    path = _model_file(path)
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
+        recipe = _safetensors_recipe(path, read_safetensors_header(path)[1])
+    else:
+        recipe = _checkpoint_recipe(path, read_torch_file(path))
+    return recipe
 
-        with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-        if METADATA_KEY not in meta:
-            raise ValueError(
-                f"{path}: no flairkit recipe in the file (is it an official FLAIR-HUB file?)"
-            )
-        return json.loads(meta[METADATA_KEY])
-    checkpoint = load_weights_only(path)
-    hparams = checkpoint.get("hyper_parameters") or {}
-    if "model" not in hparams or "preprocess" not in hparams:
-        raise ValueError(f"{path}: not a checkpoint written by flairkit fit")
-    return dict(hparams)
+
+def _safetensors_recipe(path: Path, metadata: Mapping[str, str]) -> dict[str, Any]:
+    if METADATA_KEY not in metadata:
+        raise WeightsError(
+            f"{path}: no flairkit recipe in the file's metadata (is it an official FLAIR-HUB "
+            "file? those load with flairkit.models.official.load_published_weights)"
+        )
+    try:
+        recipe = json.loads(metadata[METADATA_KEY])
+    except ValueError as exc:
+        raise WeightsError(
+            f"{path}: the flairkit recipe in its metadata is not JSON ({exc})"
+        ) from exc
+    return _checked_recipe(path, recipe)
+
+
+def _checkpoint_recipe(path: Path, checkpoint: Any) -> dict[str, Any]:
+    if not isinstance(checkpoint, Mapping):
+        raise WeightsError(
+            f"{path}: not a checkpoint written by flairkit fit (it holds a "
+            f"{type(checkpoint).__name__}, not a dict)"
+        )
+    hparams = checkpoint.get("hyper_parameters")
+    if not isinstance(hparams, Mapping):
+        raise WeightsError(
+            f"{path}: not a checkpoint written by flairkit fit (no hyper_parameters)"
+        )
+    return _checked_recipe(path, dict(hparams))
+
+
+def _checked_recipe(path: Path, recipe: Any) -> dict[str, Any]:
+    if not isinstance(recipe, dict):
+        raise WeightsError(f"{path}: the flairkit recipe is a {type(recipe).__name__}, not a dict")
+    lacking = [key for key in ("model", "preprocess") if key not in recipe]
+    if lacking:
+        raise WeightsError(f"{path}: the flairkit recipe has no {' or '.join(lacking)} section")
+    return recipe
+
+
+def _model_file(path: str | Path) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"{path}: is a directory, not a model file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: model file not found")
+    return path
 
 
 def load_model(path: str | Path) -> tuple[MultiModalSegmenter, PreprocessConfig]:
@@ -106,20 +153,65 @@ def load_model(path: str | Path) -> tuple[MultiModalSegmenter, PreprocessConfig]
 
     Returns:
         (model in eval mode, the PreprocessConfig its inputs need).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: model file not found")
-    recipe = read_recipe(path)
-    model_config = from_dict(ModelConfig, recipe["model"], "model")
-    preprocess = from_dict(PreprocessConfig, recipe["preprocess"], "preprocess")
-    model = build_model(model_config)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
 
-        state: dict[str, Tensor] = load_file(str(path))
+    Raises:
+        FileNotFoundError: no such file.
+        WeightsError: a damaged or unsafe file, a bad recipe, tensors that do not fit the model
+            the recipe describes, or non-finite tensors; one line that starts with the path.
+    """
+    path = _model_file(path)
+    if path.suffix == ".safetensors":
+        recipe = read_recipe(path)
+        state = read_safetensors(path)
     else:
-        raw = load_weights_only(path)["state_dict"]
-        state = {k.removeprefix("model."): v for k, v in raw.items() if k.startswith("model.")}
+        checkpoint = read_torch_file(path)  # read once: it holds both the recipe and weights
+        recipe = _checkpoint_recipe(path, checkpoint)
+        state = _checkpoint_state(path, checkpoint)
+    try:
+        model_config = from_dict(ModelConfig, recipe["model"], "model")
+        preprocess = from_dict(PreprocessConfig, recipe["preprocess"], "preprocess")
+    except ValueError as exc:  # ConfigError, with the dotted key
+        raise WeightsError(f"{path}: bad recipe: {exc}") from exc
+    # The file's weights replace any pretrained backbone: its pretrained_path (a file of the
+    # machine that trained it) is not read.
+    model_config = dataclasses.replace(model_config, pretrained_path=None)
+    try:
+        model = build_model(model_config)
+    except Exception as exc:  # values the config accepts but the layers do not
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise WeightsError(f"{path}: bad recipe: its model cannot be built ({reason})") from exc
+    _check_fits(path, model, state)
+    check_finite(path, state)
     model.load_state_dict(state, strict=True)
     return model.eval(), preprocess
+
+
+def _checkpoint_state(path: Path, checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
+    raw = checkpoint.get("state_dict")
+    if not isinstance(raw, Mapping):
+        raise WeightsError(f"{path}: not a checkpoint written by flairkit fit (no state_dict)")
+    state = {}
+    for key, value in raw.items():
+        if not str(key).startswith("model."):
+            continue  # the LightningModule's metrics and loss buffers
+        if not isinstance(value, Tensor):
+            raise WeightsError(f"{path}: state_dict entry {key} is a {type(value).__name__}")
+        state[key.removeprefix("model.")] = value
+    return state
+
+
+def _check_fits(path: Path, model: MultiModalSegmenter, state: Mapping[str, Tensor]) -> None:
+    """Strict loading, with one line that counts and shows what does not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong_shape = [
+        f"{k}: file {tuple(v.shape)}, model {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    if missing or unexpected or wrong_shape:
+        raise WeightsError(
+            f"{path}: {describe_mismatch(missing, unexpected, wrong_shape)}; the tensors do not "
+            "fit the model its recipe describes"
+        )
