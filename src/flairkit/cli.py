@@ -267,11 +267,15 @@ def _run_info(args: argparse.Namespace) -> int:
             print(f"  {m:<20} {e['count']} patches, e.g. {', '.join(e['examples'][:3])}")
     else:
         print("missing files: none")
+    if summary["file_problems"]:
+        print("listed files absent or not a TIFF:")
+        for m, e in summary["file_problems"].items():
+            print(f"  {m:<20} {e['count']} files, e.g. {e['examples'][0]}")
     return 0
 
 
 def _run_show(args: argparse.Namespace) -> int:
-    from flairkit.io.catalog import Catalog
+    from flairkit.io.catalog import Catalog, file_problem
     from flairkit.io.dates import DatesIndex
     from flairkit.io.patches import read_patch
     from flairkit.show import DISPLAY_ORDER, describe_patch, format_description, plot_patch
@@ -281,12 +285,25 @@ def _run_show(args: argparse.Namespace) -> int:
         raise DataError(f"{args.root}: no patch found")
     ref = catalog.get(args.patch_id) if args.patch_id else catalog.refs[0]
     wanted = _parse_modalities(args.modalities)
-    mods = wanted or [m for m in DISPLAY_ORDER if m in ref.modalities]
+    # Every modality not read is reported with its expected path (missing or not a TIFF);
+    # one asked for by name must be there.
+    problems = {
+        m: file_problem(ref.path(m)) if m in ref.modalities else "missing"
+        for m in (wanted or DISPLAY_ORDER)
+    }
+    for m in wanted or ():
+        if problems[m]:
+            raise DataError(f"{ref.path(m)}: {m.value} file of {ref.patch_id}: {problems[m]}")
+    mods = [m for m, problem in problems.items() if problem is None]
+    missing = {m: (ref.path(m), problem) for m, problem in problems.items() if problem}
+    if not mods:
+        m, (path, problem) = next(iter(missing.items()))
+        raise DataError(f"{ref.patch_id}: no file can be read (e.g. {m.value}, {problem}: {path})")
     dates = (
         DatesIndex(catalog.root or args.root) if any(m.spec.is_time_series for m in mods) else None
     )
     raw = read_patch(ref, mods, dates)
-    desc = describe_patch(raw)
+    desc = describe_patch(raw, missing=missing)
     if args.png:
         desc["png"] = str(plot_patch(raw, args.png, lpis_level=args.lpis_level))
     if args.json:

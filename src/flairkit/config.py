@@ -33,6 +33,7 @@ class ConfigError(ValueError):
 Norm = Literal["custom", "scaling", "none"]
 TemporalMean = Literal["none", "monthly", "semi-monthly"]
 DemMode = Literal["stack", "height", "raw"]
+NonFinite = Literal["error", "zero"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,11 @@ class PreprocessConfig:
         dem: ``stack`` = [DSM, DSM - DTM], ``height`` = [DSM - DTM], ``raw`` = [DSM, DTM].
         cloud_filter: the S2 date filter.
         reference_date: ``MM-DD`` origin of the day offsets.
+        nonfinite: what a NaN or infinite value in an input file (or the S2 mask) does:
+            ``error`` (default) stops with a DataError naming the file and the count;
+            ``zero`` replaces each such value with 0 before normalisation and logs a warning
+            per file with the count (``RawSample.nonfinite`` holds the counts). Model files
+            written before this option read as ``error``.
     """
 
     inputs: Mapping[Modality, ModalityConfig] = field(
@@ -99,10 +105,13 @@ class PreprocessConfig:
     dem: DemMode = "stack"
     cloud_filter: CloudFilterConfig = CloudFilterConfig()
     reference_date: str = DEFAULT_REFERENCE_DATE
+    nonfinite: NonFinite = "error"
 
     def __post_init__(self) -> None:
         if self.lpis_level not in (1, 2, 3):
             raise ConfigError(f"lpis_level: must be 1, 2 or 3, got {self.lpis_level}")
+        if self.nonfinite not in get_args(NonFinite):
+            raise ConfigError(f"nonfinite: must be 'error' or 'zero', got {self.nonfinite!r}")
         for m in self.inputs:
             if not m.spec.is_input:
                 raise ConfigError(f"inputs.{m.value}: not a model input")

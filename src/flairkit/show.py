@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from flairkit.config import CloudFilterConfig
 from flairkit.data.sample import RawSample
+from flairkit.io.raster import count_nonfinite
 from flairkit.modalities import (
     COSIA_CLASSES,
     INPUT_MODALITIES,
@@ -33,12 +35,21 @@ DISPLAY_ORDER: tuple[Modality, ...] = (
 
 
 def describe_patch(
-    raw: RawSample, cloud: CloudFilterConfig = CloudFilterConfig()
+    raw: RawSample,
+    cloud: CloudFilterConfig = CloudFilterConfig(),
+    missing: Mapping[Modality, tuple[Path, str]] | None = None,
 ) -> dict[str, Any]:
     """Shape, dtype, value range and dates of every modality of a patch.
 
     For S2, the dates kept and dropped by the benchmark's cloud filter (and each date's
-    clear fraction) are listed when the mask was read.
+    clear fraction) are listed when the mask was read. The range is that of the finite
+    values; float files also give their count of NaN or infinite values (``nonfinite``).
+
+    Args:
+        raw: the patch as read.
+        cloud: the S2 date filter.
+        missing: modalities not read, with their expected path and why (listed under
+            ``missing``).
     """
     out: dict[str, Any] = {"patch_id": raw.patch_id, "modalities": {}}
     for m in DISPLAY_ORDER:
@@ -46,13 +57,18 @@ def describe_patch(
             continue
         data = raw.arrays[m]
         georef = raw.georefs.get(m)
+        low, high = _finite_range(data)
         entry: dict[str, Any] = {
             "shape": list(data.shape),
             "dtype": str(data.dtype),
-            "min": _scalar(np.nanmin(data)),
-            "max": _scalar(np.nanmax(data)),
+            "min": low,
+            "max": high,
             "bands": list(m.spec.bands),
         }
+        if data.dtype.kind in "fc":
+            entry["nonfinite"] = raw.nonfinite[m] if m in raw.nonfinite else count_nonfinite(data)
+        if m in raw.paths:
+            entry["path"] = str(raw.paths[m])
         if georef is not None:
             entry.update(gsd_m=round(georef.gsd_m, 4), crs=georef.crs, bounds=list(georef.bounds))
         if m in raw.dates:
@@ -70,7 +86,20 @@ def describe_patch(
                 "clear_fraction": [round(float(f), 3) for f in fraction],
             }
         out["modalities"][m.value] = entry
+    out["missing"] = {
+        m.value: {"path": str(path), "problem": problem}
+        for m, (path, problem) in (missing or {}).items()
+    }
     return out
+
+
+def _finite_range(data: np.ndarray) -> tuple[float | int | None, float | int | None]:
+    """Min and max of the finite values (None when there is none: JSON has no NaN)."""
+    if data.dtype.kind in "fc":
+        data = data[np.isfinite(data)]
+    if data.size == 0:
+        return None, None
+    return _scalar(data.min()), _scalar(data.max())
 
 
 def _scalar(value: Any) -> float | int:
@@ -82,9 +111,10 @@ def format_description(desc: dict[str, Any]) -> str:
     lines = [f"patch {desc['patch_id']}"]
     for name, e in desc["modalities"].items():
         gsd = f" {e['gsd_m']} m/px" if "gsd_m" in e else ""
+        bad = f" ({e['nonfinite']} NaN or infinite values)" if e.get("nonfinite") else ""
         lines.append(
             f"  {name:<20} {str(tuple(e['shape'])):<22} {e['dtype']:<8} "
-            f"range [{_fmt(e['min'])}, {_fmt(e['max'])}]{gsd}"
+            f"range [{_fmt(e['min'])}, {_fmt(e['max'])}]{gsd}{bad}"
         )
         if "dates" in e:
             d = e["dates"]
@@ -93,10 +123,14 @@ def format_description(desc: dict[str, Any]) -> str:
             cf = e["cloud_filter"]
             lines.append(f"    cloud filter keeps {len(cf['kept'])}: {', '.join(cf['kept'])}")
             lines.append(f"    drops {len(cf['dropped'])}: {', '.join(cf['dropped']) or '-'}")
+    for name, e in desc.get("missing", {}).items():
+        lines.append(f"  {name:<20} not read, {e['problem']}: {e['path']}")
     return "\n".join(lines)
 
 
-def _fmt(v: float) -> str:
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "-"
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,12 +30,18 @@ class RawSample:
         arrays: per modality, ``(C, H, W)`` or ``(T, C, H, W)`` in the file's dtype and band order.
         dates: per time-series modality, ``datetime64[D]`` of shape ``(T,)`` in band order.
         georefs: per modality, where the file lies.
+        paths: per modality, the file the array was read from (named in error messages).
+        nonfinite: per float modality, how many of its values are NaN or infinite, counted by
+            the reader (``io.raster.count_nonfinite``); integer arrays have no entry. The
+            Preprocessor applies ``PreprocessConfig.nonfinite`` to these.
     """
 
     patch_id: str
     arrays: dict[Modality, np.ndarray]
     dates: dict[Modality, np.ndarray] = field(default_factory=dict)
     georefs: dict[Modality, Georef] = field(default_factory=dict)
+    paths: dict[Modality, Path] = field(default_factory=dict)
+    nonfinite: dict[Modality, int] = field(default_factory=dict)
 
 
 @dataclass

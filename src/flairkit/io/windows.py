@@ -67,7 +67,7 @@ from rasterio.windows import Window
 
 from flairkit.data.sample import RawSample
 from flairkit.io.dates import parse_yyyymmdd
-from flairkit.io.raster import DataError, Georef, _crs_string
+from flairkit.io.raster import DataError, Georef, _crs_string, count_nonfinite, read_text_file
 from flairkit.io.threads import default_num_threads, thread_pool
 from flairkit.modalities import Modality
 
@@ -148,13 +148,11 @@ def read_dates_file(path: str | Path) -> np.ndarray:
         ``datetime64[D]`` array in file order.
 
     Raises:
-        DataError: the file is missing, empty, not valid JSON, or holds an unparseable date;
-            the message names the file (and the line, for text files).
+        DataError: the file is missing, empty, not UTF-8, not valid JSON, or holds an
+            unparseable date; the message names the file (and the line, for text files).
     """
+    text = read_text_file(path, "dates file")
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: dates file is missing")
-    text = path.read_text(encoding="utf-8")
     stripped = text.lstrip()
     if stripped.startswith(("[", "{")):
         dates = _parse_json_dates(path, stripped)
@@ -474,14 +472,16 @@ class WindowReader:
             results = list(thread_pool("windows", self.num_threads).map(read_one, mods))
         else:
             results = [read_one(m) for m in mods]
-        arrays, valid, georefs, dates = {}, {}, {}, {}
+        arrays, valid, georefs, dates, paths, nonfinite = {}, {}, {}, {}, {}, {}
         for m, (data, ok, georef) in zip(mods, results, strict=True):
             info = self._infos[m]
             if m.spec.is_time_series:
                 data = data.reshape(-1, m.spec.num_bands, *data.shape[1:])
                 dates[m] = info.dates.copy()
-            arrays[m], valid[m], georefs[m] = data, ok, georef
-        return RawSample(patch_id, arrays, dates, georefs), valid
+            arrays[m], valid[m], georefs[m], paths[m] = data, ok, georef, info.path
+            if data.dtype.kind in "fc":  # as read_patch: counted once per read
+                nonfinite[m] = count_nonfinite(data)
+        return RawSample(patch_id, arrays, dates, georefs, paths, nonfinite), valid
 
     def valid_mask(
         self,

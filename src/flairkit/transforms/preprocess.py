@@ -6,6 +6,7 @@ statistics happen there) and is then a pure function of its input.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ import torch
 from flairkit.config import CloudFilterConfig, ConfigError, ModalityConfig, PreprocessConfig
 from flairkit.data.sample import RawSample, Sample
 from flairkit.io.dates import day_offsets
+from flairkit.io.raster import DataError, count_nonfinite
 from flairkit.modalities import LABEL_MODALITIES, NORM_STATS, Modality, Task
 from flairkit.transforms.timeseries import filter_dates, temporal_average
 
@@ -97,8 +99,9 @@ def _dtype_max(dtype: np.dtype) -> float:
 class Preprocessor:
     """Turn a RawSample into a model-ready Sample.
 
-    Steps per input: band selection, DEM height, S2 cloud filter, temporal mean, normalisation,
-    day offsets; per task: the label band (LPIS at the configured level) as class indices.
+    Steps per input: the non-finite policy (``config.nonfinite``), band selection, DEM height,
+    S2 cloud filter, temporal mean, normalisation, day offsets; per task: the label band (LPIS
+    at the configured level) as class indices.
 
     Args:
         config: what to produce.
@@ -147,7 +150,13 @@ class Preprocessor:
         return filter_dates(mask, cfg)
 
     def __call__(self, raw: RawSample) -> Sample:
-        """Preprocess one sample."""
+        """Preprocess one sample.
+
+        Raises:
+            DataError: an input (or the S2 mask) holds NaN or infinite values and
+                ``config.nonfinite`` is ``error``; the message names the file and the count.
+        """
+        raw = self._handle_nonfinite(raw)
         inputs: dict[Modality, torch.Tensor] = {}
         dates: dict[Modality, torch.Tensor] = {}
         for modality, cfg in self.config.inputs.items():
@@ -180,6 +189,45 @@ class Preprocessor:
         labels = {task: torch.from_numpy(self._label(raw, task)) for task in self.config.tasks}
         bounds, crs = self._footprint(raw)
         return Sample(raw.patch_id, inputs, dates, labels, bounds, crs)
+
+    def _handle_nonfinite(self, raw: RawSample) -> RawSample:
+        """Apply ``config.nonfinite`` to the float arrays this Preprocessor reads.
+
+        Runs first, before any band arithmetic or normalisation could spread a NaN. The counts
+        come from the reader (``RawSample.nonfinite``); an array without one is counted here.
+
+        Returns:
+            ``raw`` itself when every value is finite, else a copy whose non-finite values are
+            0 (``zero``).
+        """
+        fixed: dict[Modality, np.ndarray] = {}
+        for modality in self.required_modalities:
+            data = raw.arrays.get(modality)
+            if data is None or data.dtype.kind not in "fc":
+                continue  # integer arrays cannot hold NaN or infinity
+            count = raw.nonfinite.get(modality)
+            if count is None:
+                count = count_nonfinite(data)
+            if not count:
+                continue
+            source = raw.paths.get(modality, f"<{modality.value} array>")
+            where = f"{modality.value} of {raw.patch_id}"
+            georef = raw.georefs.get(modality)
+            if georef is not None:
+                where += " at (" + ", ".join(f"{v:.2f}" for v in georef.bounds) + ")"
+            if self.config.nonfinite == "error":
+                raise DataError(
+                    f"{source}: {count} of {data.size} values are NaN or infinite ({where}); "
+                    "repair the file, or set preprocess.nonfinite: zero to replace them with 0"
+                )
+            log.warning(
+                "%s: replaced %d NaN or infinite values with 0 (%s; preprocess.nonfinite: zero)",
+                source, count, where,
+            )  # fmt: skip
+            fixed[modality] = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+        if not fixed:
+            return raw
+        return dataclasses.replace(raw, arrays={**raw.arrays, **fixed})
 
     def _dem(self, dem: np.ndarray) -> np.ndarray:
         dsm, dtm = dem[0].astype(np.float32), dem[1].astype(np.float32)
