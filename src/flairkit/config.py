@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -352,6 +353,16 @@ DEFAULT_CLASS_WEIGHTS: dict[Task, dict[int, float]] = {
 }
 
 
+def _at_least(key: str, value: int, lowest: int) -> None:
+    if value < lowest:
+        raise ConfigError(f"{key}: must be at least {lowest}, got {value}")
+
+
+def _finite_at_least(key: str, value: float, lowest: float) -> None:
+    if not (math.isfinite(value) and value >= lowest):
+        raise ConfigError(f"{key}: must be a finite number >= {lowest:g}, got {value}")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which patches, and how they are batched.
@@ -373,6 +384,12 @@ class DataConfig:
     num_workers: int = 0
     augment: bool = True
     max_patches: int | None = None
+
+    def __post_init__(self) -> None:
+        _at_least("data.batch_size", self.batch_size, 1)
+        _at_least("data.num_workers", self.num_workers, 0)
+        if self.max_patches is not None:
+            _at_least("data.max_patches", self.max_patches, 1)
 
 
 @dataclass(frozen=True)
@@ -399,6 +416,9 @@ class LossConfig:
                         f"loss.class_weights.{getattr(task, 'value', task)}.{index}: "
                         f"weight must be >= 0, got {weight}"
                     )
+        for task, weight in self.task_weights.items():
+            _finite_at_least(f"loss.task_weights.{getattr(task, 'value', task)}", weight, 0)
+        _finite_at_least("loss.aux_weight", self.aux_weight, 0)
 
 
 @dataclass(frozen=True)
@@ -426,6 +446,17 @@ class OptimConfig:
     warmup_fraction: float = 0.2
     div_factor: float = 1000.0
     plateau_patience: int = 10
+
+    def __post_init__(self) -> None:
+        _finite_at_least("optim.lr", self.lr, 0)
+        _finite_at_least("optim.weight_decay", self.weight_decay, 0)
+        if not 0 <= self.warmup_fraction <= 1:  # also NaN
+            raise ConfigError(
+                f"optim.warmup_fraction: must be in [0, 1], got {self.warmup_fraction}"
+            )
+        if not (math.isfinite(self.div_factor) and self.div_factor > 0):
+            raise ConfigError(f"optim.div_factor: must be positive, got {self.div_factor}")
+        _at_least("optim.plateau_patience", self.plateau_patience, 0)
 
 
 @dataclass(frozen=True)
@@ -465,11 +496,43 @@ class TrainConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     early_stopping_patience: int | None = 20
-    limit_train_batches: float | int = 1.0
-    limit_val_batches: float | int = 1.0
+    # int first: ``limit_train_batches: 3`` is 3 batches and ``1`` one batch (Lightning's count),
+    # not 100 %; ``0.5`` is half of them.
+    limit_train_batches: int | float = 1.0
+    limit_val_batches: int | float = 1.0
     log_every_n_steps: int = 10
     progress_bar: bool = True
     winograd: bool = True
+
+    def __post_init__(self) -> None:
+        _at_least("train.max_epochs", self.max_epochs, 1)
+        if not 0 <= self.seed < 2**32:  # what numpy and Lightning's seed_everything accept
+            raise ConfigError(f"train.seed: must be in [0, 2**32), got {self.seed}")
+        _at_least("train.accumulate_grad_batches", self.accumulate_grad_batches, 1)
+        _at_least("train.num_nodes", self.num_nodes, 1)
+        _at_least("train.log_every_n_steps", self.log_every_n_steps, 1)
+        if self.early_stopping_patience is not None:
+            _at_least("train.early_stopping_patience", self.early_stopping_patience, 0)
+        if isinstance(self.devices, int):
+            if self.devices < 1 and self.devices != -1:
+                raise ConfigError(
+                    f"train.devices: must be a count >= 1, -1 (all) or 'auto', got {self.devices}"
+                )
+        elif not re.fullmatch(r"auto|-1|\d+(\s*,\s*\d+)*,?", self.devices.strip()):
+            raise ConfigError(
+                f"train.devices: expected a count, -1 (all), 'auto' or a list of device "
+                f"indices like '0,1', got {self.devices!r}"
+            )
+        for key in ("limit_train_batches", "limit_val_batches"):
+            value = getattr(self, key)
+            lowest = 1 if key == "limit_train_batches" else 0  # no validation is allowed
+            if isinstance(value, int):
+                _at_least(f"train.{key}", value, lowest)
+            elif not (0 < value <= 1 if lowest else 0 <= value <= 1):
+                raise ConfigError(
+                    f"train.{key}: a fraction must be in {'(0' if lowest else '[0'}, 1], or give "
+                    f"a count of batches (an integer), got {value}"
+                )
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import BasePredictionWriter
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from flairkit.checkpoint import load_model, save_model
-from flairkit.config import LossConfig, RunConfig, save_run_config
+from flairkit.checkpoint import NonFiniteWeightsError, load_model, nonfinite_tensors, save_model
+from flairkit.config import ConfigError, LossConfig, RunConfig, save_run_config
 from flairkit.data.datamodule import FlairDataModule
 from flairkit.io.catalog import Catalog
 from flairkit.io.writers import write_class_map
@@ -34,7 +36,8 @@ from flairkit.modalities import Task, class_table
 from flairkit.models.presets import get_preset
 from flairkit.models.winograd import use_winograd
 from flairkit.reports import report_paths, write_report
-from flairkit.training.task import SegmentationTask, ignored_classes
+from flairkit.safe_load import CheckpointReadError, load_weights_only
+from flairkit.training.task import NonFiniteLossError, SegmentationTask, ignored_classes
 from flairkit.transforms.augment import FlipRotate
 
 log = logging.getLogger(__name__)
@@ -103,11 +106,11 @@ def _trainer(
     callbacks: list[L.Callback] = list(extra_callbacks or [])
     loggers: list[Any] = []
     if stage == "fit":
-        from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+        from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 
         checkpoints = out / "checkpoints"
         callbacks.append(
-            ModelCheckpoint(
+            _RunCheckpoint(
                 dirpath=checkpoints,
                 filename="best-{epoch:03d}",
                 monitor="val_miou",
@@ -116,8 +119,14 @@ def _trainer(
             )
         )
         # Lightning's save_last only refreshes last.ckpt when a top-k file is written; a
-        # resume point must be written after every epoch, so it gets its own callback.
-        callbacks.append(ModelCheckpoint(dirpath=checkpoints, filename="last", save_top_k=1))
+        # resume point must be written after every epoch, so it gets its own callback. Always
+        # last.ckpt, never last-v1.ckpt: the resume point is found by that name (a fit with
+        # --no-resume starts over and replaces it).
+        callbacks.append(
+            _RunCheckpoint(
+                dirpath=checkpoints, filename="last", save_top_k=1, enable_version_counter=False
+            )
+        )
         if cfg.train.early_stopping_patience is not None:
             callbacks.append(
                 EarlyStopping(
@@ -150,6 +159,7 @@ def _trainer(
         enable_model_summary=stage == "fit",
         callbacks=callbacks,
         logger=loggers or False,
+        plugins=[SafeCheckpointIO()],
         deterministic="warn",
         # A sanity pass before a resumed epoch would draw from the restored RNG and change
         # the data order: skip it when resuming.
@@ -166,8 +176,8 @@ def fit(cfg: RunConfig, resume: bool | str = "auto", callbacks: list | None = No
             it; False starts over.
         callbacks: extra Lightning callbacks.
     """
+    check_accelerator(cfg.train.accelerator)
     out = Path(cfg.train.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     last = out / "checkpoints" / "last.ckpt"
     if resume is True and not last.is_file():
         raise FileNotFoundError(f"{last}: nothing to resume")
@@ -181,6 +191,7 @@ def fit(cfg: RunConfig, resume: bool | str = "auto", callbacks: list | None = No
         cfg.model, img_sizes={m: img_sizes[m] for m in cfg.model.inputs}, out_px=out_px
     )
     cfg = replace(cfg, model=model_cfg)
+    out.mkdir(parents=True, exist_ok=True)  # once the config and the data are known good
     save_run_config(cfg, out / "config.yaml")
     task = SegmentationTask(cfg.model, cfg.preprocess, cfg.loss, cfg.optim)
     if cfg.train.winograd:  # CPU float32 training only; see TrainConfig
@@ -188,11 +199,20 @@ def fit(cfg: RunConfig, resume: bool | str = "auto", callbacks: list | None = No
     val_path = out / "val_scores.json"
     callbacks = [*(callbacks or []), _ValScoresWriter(val_path)]
     trainer = _trainer(cfg, "fit", resuming, callbacks)
-    trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if resuming else None)
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if resuming else None)
+    except (NonFiniteLossError, NonFiniteWeightsError) as exc:
+        kept = (
+            f"{last} keeps the last complete epoch: resume from it once the cause is fixed"
+            if last.is_file()
+            else "no epoch was completed"
+        )
+        raise type(exc)(f"{exc}. Nothing was exported; {kept}") from exc
     checkpoint_cb = trainer.checkpoint_callback
     best = Path(checkpoint_cb.best_model_path) if checkpoint_cb.best_model_path else last
     model_path = out / "model.safetensors"
     if trainer.is_global_zero:  # with strategy ddp every process runs this code
+        # save_model refuses weights holding NaN or inf (the best callback never picks them)
         best_model = load_model(best)[0] if best.is_file() else task.model
         save_model(
             model_path,
@@ -206,6 +226,137 @@ def fit(cfg: RunConfig, resume: bool | str = "auto", callbacks: list | None = No
         )
     val = json.loads(val_path.read_text()) if val_path.is_file() else {}
     return FitResult(best, last, model_path, val)
+
+
+def check_accelerator(name: str) -> None:
+    """Fail early, naming ``train.accelerator``, when the accelerator is unknown or absent.
+
+    Lightning's own check comes later (after the data is opened) and, for ``tpu`` without
+    torch_xla, raises an ImportError.
+
+    Raises:
+        ConfigError: an unknown name, or an accelerator this machine does not have.
+    """
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    if name == "auto":
+        return
+    registered = sorted(AcceleratorRegistry.available_accelerators())
+    valid = ["auto", "gpu", *registered]
+    if name not in valid:
+        raise ConfigError(f"train.accelerator: unknown {name!r}; valid: {', '.join(valid)}")
+
+    def available(key: str) -> bool:
+        try:
+            return bool(AcceleratorRegistry[key]["accelerator"].is_available())
+        except Exception:  # a backend whose library is missing or broken
+            return False
+
+    if not any(available(k) for k in (("cuda", "mps") if name == "gpu" else (name,))):
+        usable = ["auto", *(k for k in registered if available(k))]
+        raise ConfigError(
+            f"train.accelerator: {name!r} is not available on this machine; "
+            f"available: {', '.join(usable)}"
+        )
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O, reading through ``safe_load.load_weights_only``.
+
+    Lightning's resume calls ``torch.load`` without ``weights_only``, which torch then
+    resolves from the environment (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` makes it unpickle
+    anything, running the code a poisoned ``last.ckpt`` holds). Here the flag is always set,
+    and a damaged or foreign file is an error naming it.
+    """
+
+    #: What resuming a fit needs from a checkpoint (Lightning's own errors do not name the file).
+    RESUME_KEYS = ("state_dict", "epoch", "global_step", "optimizer_states", "loops")
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """The checkpoint at ``path``, read weights-only whatever ``weights_only`` says.
+
+        Raises:
+            CheckpointReadError: damaged, not a torch pickle, unsafe to unpickle, or not a
+                checkpoint written by ``flairkit fit``.
+        """
+        hint = "restore it, or start over with --no-resume (which replaces it)"
+        try:
+            checkpoint = load_weights_only(path, map_location or "cpu")
+        except CheckpointReadError as exc:
+            raise CheckpointReadError(f"{exc}; cannot resume from it: {hint}") from exc
+        missing = [
+            k for k in self.RESUME_KEYS if not isinstance(checkpoint, dict) or k not in checkpoint
+        ]
+        if missing:
+            raise CheckpointReadError(
+                f"{path}: not a checkpoint written by flairkit fit (no {', '.join(missing)}); "
+                f"cannot resume from it: {hint}"
+            )
+        return checkpoint
+
+
+class _RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, for a run folder that may be copied or moved, or diverge.
+
+    A copied or moved run resumes as it would in place. Lightning keeps the bookkeeping of a
+    checkpoint (best and last paths, scores) only when the folder stored in it is the current
+    one; otherwise it keeps the stored folder's paths, so last.ckpt no longer matched the path
+    it replaces and went to last-v1.ckpt, while every later resume started again from the
+    stale last.ckpt (and the best score was forgotten). Paths in the stored folder are mapped
+    to the current folder.
+
+    Weights holding NaN or inf, or a non-finite monitored score, never become the best; the
+    last checkpoint refuses them (an error), so last.ckpt stays the last good epoch.
+    """
+
+    @property
+    def state_key(self) -> str:
+        """Lightning's key for a ModelCheckpoint: checkpoints written before stay resumable."""
+        return super().state_key.replace(type(self).__qualname__, "ModelCheckpoint", 1)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the bookkeeping, mapping paths of a moved run folder to the current one."""
+        stored = state_dict.get("dirpath")
+        if stored and self.dirpath and Path(stored) != Path(self.dirpath):
+            state_dict = _moved_state(state_dict, Path(stored), Path(self.dirpath))
+        super().load_state_dict(state_dict)
+
+    def check_monitor_top_k(self, trainer: L.Trainer, current: torch.Tensor | None = None) -> bool:
+        """Lightning's test, after refusing a non-finite score or non-finite weights."""
+        if current is not None and not bool(torch.isfinite(current)):
+            return False
+        if nonfinite_tensors(trainer.lightning_module.state_dict()):
+            return False
+        return super().check_monitor_top_k(trainer, current)
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        bad = nonfinite_tensors(trainer.lightning_module.state_dict())
+        if bad:
+            raise NonFiniteWeightsError(
+                f"{filepath}: not written: after epoch {trainer.current_epoch} {len(bad)} "
+                f"weight tensors hold NaN or infinite values (e.g. {bad[0]}); the training "
+                "diverged"
+            )
+        super()._save_checkpoint(trainer, filepath)
+
+
+def _moved_state(state: dict[str, Any], stored: Path, current: Path) -> dict[str, Any]:
+    """A ModelCheckpoint state with the paths inside ``stored`` moved to ``current``."""
+
+    def move(path: Any) -> Any:
+        if path and Path(path).parent == stored:
+            return str(current / Path(path).name)
+        return path
+
+    out = dict(state, dirpath=str(current))
+    for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+        if key in out:
+            out[key] = move(out[key])
+    if isinstance(out.get("best_k_models"), dict):
+        out["best_k_models"] = {move(k): v for k, v in out["best_k_models"].items()}
+    return out
 
 
 class _ResumableCSVLogger(CSVLogger):
@@ -387,6 +538,7 @@ def evaluate(
     """
     if split not in ("val", "test"):
         raise ValueError(f"split must be val or test, got {split!r}")
+    check_accelerator(cfg.train.accelerator)
     model, preprocess = load_model(_weights_for(cfg, weights))
     task = SegmentationTask(model.config, preprocess, cfg.loss, cfg.optim)
     task.model.load_state_dict(model.state_dict())
@@ -424,6 +576,7 @@ def predict(
     probabilities: bool = False,
 ) -> list[Path]:
     """Write one georeferenced class map per patch and task (and optional probabilities)."""
+    check_accelerator(cfg.train.accelerator)
     model, preprocess = load_model(_weights_for(cfg, weights))
     catalog = make_catalog(cfg)
     datamodule = FlairDataModule(

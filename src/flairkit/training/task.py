@@ -25,6 +25,10 @@ from flairkit.training.losses import MultiTaskLoss
 from flairkit.training.schedules import PlateauAfterWarmup, WarmupThenHold
 
 
+class NonFiniteLossError(ValueError):
+    """The training loss is NaN or infinite: the run stops before the weights take that step."""
+
+
 def ignored_classes(loss: LossConfig, task: Task) -> tuple[int, ...]:
     """Classes with weight 0 for a task: left out of the loss and of the scores."""
     return tuple(sorted(int(c) for c, w in loss.class_weights.get(task, {}).items() if w == 0))
@@ -89,10 +93,38 @@ class SegmentationTask(L.LightningModule):
         """One optimisation step's loss."""
         out = self.model.forward_all(batch)
         loss, parts = self.criterion(out.logits, batch.labels, out.aux)
+        self._stop_if_not_finite(loss, batch, batch_idx)
         self.log("train_loss", loss, prog_bar=True, batch_size=len(batch))
         for name, value in parts.items():
             self.log(f"train_{name}", value, batch_size=len(batch))
         return loss
+
+    def _stop_if_not_finite(self, loss: Tensor, batch: Batch, batch_idx: int) -> None:
+        """Raise NonFiniteLossError, naming the batch's patches, when the loss is NaN or inf.
+
+        Raised before the backward pass, so the weights never take a non-finite step and the
+        last checkpoint (of the last complete epoch) stays a good resume point. With several
+        processes all of them stop together (one alone would leave the others waiting).
+        """
+        bad = not bool(torch.isfinite(loss.detach()))
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            bad_anywhere = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        else:
+            bad_anywhere = bad
+        if not bad_anywhere:
+            return
+        epoch = trainer.current_epoch if trainer is not None else "?"
+        if bad:
+            where = f"in the batch of patches {', '.join(batch.patch_ids)}"
+            value = f"{float(loss.detach()):g}"
+        else:
+            where, value = "in another process's batch", "not finite"
+        raise NonFiniteLossError(
+            f"training loss is {value} at epoch {epoch}, batch {batch_idx}, {where}: look for "
+            "NaN or infinite values in those patches' files, or lower optim.lr; training "
+            "stopped before the weights took this step"
+        )
 
     def _evaluate(self, batch: Batch, stage: str) -> Tensor:
         out = self.model.forward_all(batch)
