@@ -246,7 +246,7 @@ def _run_info(args: argparse.Namespace) -> int:
         years=args.years,
         modalities=_parse_modalities(args.modalities),
     )
-    summary = catalog.summary()
+    summary = catalog.summary(progress=args.progress)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0

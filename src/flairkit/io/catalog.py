@@ -278,13 +278,14 @@ class Catalog:
         return iter(self.refs)
 
     # -- summary ------------------------------------------------------------------------
-    def summary(self, check_files: bool = True) -> dict[str, Any]:
+    def summary(self, check_files: bool = True, progress: bool = False) -> dict[str, Any]:
         """Counts per split, department and modality, and the missing files.
 
         Args:
             check_files: test every listed file with ``file_problem`` (its first 4 bytes; no
                 raster is opened). Without it a file counts as present when the scan found
                 it or a CSV list names it.
+            progress: progress bar while testing the files.
 
         Returns:
             A JSON-ready dict. ``files_per_modality`` counts usable files; ``missing_files``
@@ -292,7 +293,7 @@ class Catalog:
             ``file_problems`` the listed or scanned files that are absent or unusable, with
             examples ``"<path>: <problem>"``.
         """
-        problems = self._file_problems() if check_files else {}
+        problems = self._file_problems(progress) if check_files else {}
         per_split = Counter(r.split or "none" for r in self.refs)
         per_domain: dict[str, Counter] = {}
         per_modality = Counter()
@@ -325,7 +326,7 @@ class Catalog:
             },
         }
 
-    def _file_problems(self) -> dict[tuple[int, Modality], str]:
+    def _file_problems(self, progress: bool = False) -> dict[tuple[int, Modality], str]:
         """``file_problem`` of every listed file, keyed by (patch index, modality).
 
         Threads overlap the opens (on network storage each is a round trip); 241,100
@@ -336,15 +337,23 @@ class Catalog:
             return {}
 
         def check(chunk: list[tuple[int, Modality]]) -> list[str | None]:
-            return [file_problem(self.refs[i].path(m)) for i, m in chunk]
+            return [file_problem(self.refs[i].path_str(m)) for i, m in chunk]
 
         size = 2048
         chunks = [jobs[k : k + size] for k in range(0, len(jobs), size)]
-        if len(chunks) == 1:
-            results = [check(chunks[0])]
-        else:
-            with ThreadPoolExecutor(_CHECK_THREADS, thread_name_prefix="flairkit-check") as pool:
-                results = list(pool.map(check, chunks))
+        with ThreadPoolExecutor(_CHECK_THREADS, thread_name_prefix="flairkit-check") as pool:
+            results = []
+            bar = None
+            if progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=len(jobs), desc="checking files", unit="file")
+            for chunk, found in zip(chunks, pool.map(check, chunks), strict=True):
+                results.append(found)
+                if bar is not None:
+                    bar.update(len(chunk))
+            if bar is not None:
+                bar.close()
         return {
             job: problem
             for chunk, found in zip(chunks, results, strict=True)

@@ -97,10 +97,14 @@ class PatchRef:
 
     def path(self, modality: Modality) -> Path:
         """The file of a modality (whether or not it exists)."""
+        return Path(self.path_str(modality))
+
+    def path_str(self, modality: Modality) -> str:
+        """``path`` as a string: a third of the cost, for loops over millions of files."""
         for m, p in self.explicit_paths:
             if m is modality:
-                return Path(p)
-        return Path(self.root) / standard_relpath(self.patch_id, modality)
+                return p
+        return os.path.join(self.root, standard_relpath(self.patch_id, modality))
 
     def with_split(self, split: str | None) -> PatchRef:
         """A copy with another split."""
@@ -261,30 +265,31 @@ def _ref_from_csv_row(
         raise DataError(
             f"{csv_path}: patch id {patch_id!r} is not <DOMAIN>-<YEAR>_<ROI>_<ROW>-<COL>"
         )
-    paths: dict[Modality, Path] = {}
+    # Plain string paths: pathlib costs ~1 ms a row here, minutes for the 241,100 rows.
+    base_str = str(base)
+    paths: dict[Modality, str] = {}
     for modality, cell in cells.items():
         cell = cell.strip()
         if cell and cell.lower() != "nan":
-            p = Path(cell)
-            paths[modality] = p if p.is_absolute() else Path(os.path.normpath(base / p))
+            paths[modality] = os.path.normpath(os.path.join(base_str, cell))  # as is if absolute
     if root is None and paths:
         first_mod, first_path = next(iter(paths.items()))
         root = _root_from_path(first_path, patch_id, first_mod)
     root_str = str(root or base)
     explicit = tuple(
-        (m, str(p))
+        (m, p)
         for m, p in paths.items()
-        if os.path.normpath(Path(root_str) / standard_relpath(patch_id, m)) != str(p)
+        if os.path.normpath(os.path.join(root_str, standard_relpath(patch_id, m))) != p
     )
     return PatchRef(patch_id, root_str, _intern(paths), split, explicit)
 
 
-def _root_from_path(path: Path, patch_id: str, modality: Modality) -> Path:
-    rel = Path(standard_relpath(patch_id, modality))
-    parts = path.parts
-    if len(parts) > len(rel.parts) and Path(*parts[-len(rel.parts) :]) == rel:
-        return Path(*parts[: -len(rel.parts)])
-    return path.parent
+def _root_from_path(path: str, patch_id: str, modality: Modality) -> str:
+    """The root a (normalised) path implies: what precedes the standard relative path."""
+    rel = os.path.normpath(standard_relpath(patch_id, modality))
+    if path.endswith(os.sep + rel):
+        return path[: len(path) - len(rel) - 1] or os.sep
+    return os.path.dirname(path)
 
 
 def _split_from_name(name: str) -> str | None:
