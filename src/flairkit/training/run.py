@@ -103,6 +103,7 @@ def _trainer(
     cfg: RunConfig, stage: str, resuming: bool = False, extra_callbacks: list | None = None
 ) -> L.Trainer:
     out = cfg.train.output_dir
+    resume_path = Path(out) / "checkpoints" / "last.ckpt" if resuming else None
     callbacks: list[L.Callback] = list(extra_callbacks or [])
     loggers: list[Any] = []
     if stage == "fit":
@@ -159,7 +160,7 @@ def _trainer(
         enable_model_summary=stage == "fit",
         callbacks=callbacks,
         logger=loggers or False,
-        plugins=[SafeCheckpointIO()],
+        plugins=[SafeCheckpointIO(resume_path)],
         deterministic="warn",
         # A sanity pass before a resumed epoch would draw from the restored RNG and change
         # the data order: skip it when resuming.
@@ -267,10 +268,19 @@ class SafeCheckpointIO(TorchCheckpointIO):
     resolves from the environment (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` makes it unpickle
     anything, running the code a poisoned ``last.ckpt`` holds). Here the flag is always set,
     and a damaged or foreign file is an error naming it.
+
+    Args:
+        resume_path: the checkpoint a fit resumes from: it must hold what a resume needs.
+            Lightning reads other files through here too (with ``ddp_spawn``, the weights the
+            workers send back), which hold only a state dict.
     """
 
     #: What resuming a fit needs from a checkpoint (Lightning's own errors do not name the file).
     RESUME_KEYS = ("state_dict", "epoch", "global_step", "optimizer_states", "loops")
+
+    def __init__(self, resume_path: str | Path | None = None) -> None:
+        super().__init__()
+        self.resume_path = Path(resume_path).absolute() if resume_path is not None else None
 
     def load_checkpoint(
         self, path: Any, map_location: Any = None, weights_only: bool | None = None
@@ -281,11 +291,16 @@ class SafeCheckpointIO(TorchCheckpointIO):
             CheckpointReadError: damaged, not a torch pickle, unsafe to unpickle, or not a
                 checkpoint written by ``flairkit fit``.
         """
+        resuming = self.resume_path is not None and Path(path).absolute() == self.resume_path
         hint = "restore it, or start over with --no-resume (which replaces it)"
         try:
             checkpoint = load_weights_only(path, map_location or "cpu")
         except CheckpointReadError as exc:
+            if not resuming:
+                raise
             raise CheckpointReadError(f"{exc}; cannot resume from it: {hint}") from exc
+        if not resuming:
+            return checkpoint
         missing = [
             k for k in self.RESUME_KEYS if not isinstance(checkpoint, dict) or k not in checkpoint
         ]
