@@ -4,6 +4,9 @@ Subcommands:
   synth  write a synthetic dataset in the exact FLAIR-HUB layout
   info   summarise a dataset (patches per split, department, modality; missing files)
   show   describe one patch (shapes, dtypes, ranges, dates, cloud filter) and draw it
+  check  verify every file of a dataset before a long run (headers, dates, splits; --deep: pixels)
+  models list the 24 benchmark presets
+  fit / validate / test / predict   train, score, predict patches from a run YAML
   map    map a large area with a trained model (class map COG, QGIS style, preview)
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -189,6 +193,40 @@ def _add_map(sub: argparse._SubParsersAction) -> None:
     )
 
 
+def _add_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "check",
+        help="verify a dataset before a long run: files, headers, dates, splits (--deep: pixels)",
+        description=(
+            "Open every file of a dataset (a root, a CSV list or a folder of lists) in parallel "
+            "and check it against the FLAIR-HUB contract: exists, non-empty, a GeoTIFF; band "
+            "count, dtype, size, CRS and footprint, also across a patch's modalities; each time "
+            "series against its dates row; the split and dates GeoPackages and CSV lists parse. "
+            "--deep also decodes every pixel: truncated or corrupt data, NaN/inf, labels and "
+            "masks out of range. Prints a summary per problem kind, writes a JSON report and "
+            "exits 1 when anything is wrong (0 when clean)."
+        ),
+    )
+    p.add_argument("root", type=Path, help="dataset root, a CSV list, or a folder of CSV lists")
+    p.add_argument("--deep", action="store_true", help="decode every file and check its values")
+    p.add_argument("--json", action="store_true", help="print the JSON report instead of text")
+    p.add_argument(
+        "--report",
+        type=Path,
+        default=Path("flairkit-check.json"),
+        help="JSON report path (default ./flairkit-check.json; never overwrites another file)",
+    )
+    p.add_argument("--workers", type=int, help="parallel workers (default: the usable CPUs)")
+    bar = p.add_mutually_exclusive_group()
+    bar.add_argument(
+        "--progress",
+        action="store_true",
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+    bar.add_argument("--no-progress", dest="progress", action="store_false", help="no bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``flairkit`` command."""
     parser = argparse.ArgumentParser(
@@ -210,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(sub)
     _add_run_commands(sub)
     _add_map(sub)
+    _add_check(sub)
     return parser
 
 
@@ -401,6 +440,23 @@ def _run_map(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_check(args: argparse.Namespace) -> int:
+    from flairkit.check import check_dataset, format_summary, prepare_report_path, write_report
+
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
+    report = prepare_report_path(args.report)  # before the scan: fail in seconds, not minutes
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    result = check_dataset(args.root, deep=args.deep, workers=args.workers, progress=progress)
+    write_report(result, report)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(format_summary(result))
+        print(f"report: {report}")
+    return 0 if result.ok else 1
+
+
 _COMMANDS = {
     "synth": _run_synth,
     "info": _run_info,
@@ -411,6 +467,7 @@ _COMMANDS = {
     "test": _run_evaluate,
     "predict": _run_predict,
     "map": _run_map,
+    "check": _run_check,
 }
 
 
@@ -446,6 +503,11 @@ def _one_line(exc: BaseException) -> str:
         reason = exc.strerror or str(exc)
         return f"{exc.filename}: {reason[:1].lower()}{reason[1:]}"
     text = str(exc) or type(exc).__name__
+    if "\nOriginal Traceback" in text:
+        # Raised in a DataLoader worker: torch re-raises it with the worker's traceback as its
+        # message. Keep the last line, the original "module.SomeError: message", minus the type.
+        last = text.rstrip().splitlines()[-1]
+        text = re.sub(r"^[A-Za-z_][\w.]*: ", "", last, count=1)
     return " ".join(text.split())  # several lines (GDAL, Lightning) fold into one
 
 
