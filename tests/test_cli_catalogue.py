@@ -334,11 +334,37 @@ def build_cases(ws: Workspace) -> list[Case]:
     cases.append(
         Case(
             "fit-last-ckpt-poisoned",
+            "fit-dem-nan-workers",
             ["fit", "--config", str(poison_cfg)],
             [str(poison_ckpt)],
             env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"},
             untouched=[poison_ckpt],
             absent=[marker],
+        )
+    )
+
+    # every DEM of a copy holds a NaN: the fit stops at the first batch, read in worker processes
+    nan_root = tmp / "data_nan_dem"
+    shutil.copytree(root, nan_root)
+    for ref in scan_root(nan_root):
+        if DEM in ref.modalities:
+            rewrite_raster(
+                ref.path(DEM), ref.path(DEM), lambda a: np.where(a == a.flat[0], np.nan, a)
+            )
+    nan_out = tmp / "run_nan_dem"
+    nan_cfg = run_config(
+        tmp / "nan_dem.yaml",
+        nan_root,
+        nan_out,
+        data={"num_workers": 2},
+        model={"inputs": {"AERIAL_RGBI": 3, "DEM_ELEV": 2}},
+    )
+    cases.append(
+        Case(
+            "fit-dem-nan-workers",
+            ["fit", "--config", str(nan_cfg)],
+            [f"{nan_root}/", "DEM_ELEV", "NaN"],
+            absent=[nan_out / "model.safetensors"],
         )
     )
 
@@ -553,6 +579,7 @@ CASE_IDS = [
     "fit-override-unknown-key",
     "fit-last-ckpt-corrupt",
     "fit-last-ckpt-poisoned",
+    "fit-dem-nan-workers",
     "test-weights-random-bytes",
     "test-weights-empty",
     "test-weights-truncated",
