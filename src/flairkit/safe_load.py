@@ -21,12 +21,13 @@ class CheckpointReadError(ValueError):
     """A checkpoint file is damaged, not a torch pickle, or would run code when unpickled."""
 
 
-def load_weights_only(path: str | Path, map_location: Any = "cpu") -> Any:
+def load_weights_only(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> Any:
     """``torch.load`` restricted to tensors and plain data, whatever the environment says.
 
     Args:
         path: a file written by ``torch.save`` (or a plain pickle of tensors).
         map_location: as for ``torch.load``.
+        mmap: map the tensors' storage instead of reading it (a cheap look at a large file).
 
     Returns:
         What the file holds.
@@ -41,7 +42,7 @@ def load_weights_only(path: str | Path, map_location: Any = "cpu") -> Any:
         with warnings.catch_warnings():
             # torch warns about the pickle protocol of a file before refusing it: noise
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ...

@@ -15,6 +15,7 @@ import csv
 import json
 import logging
 import os
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -185,6 +186,9 @@ def fit(cfg: RunConfig, resume: bool | str = "auto", callbacks: list | None = No
     resuming = bool(resume) and last.is_file()
     if resuming:
         _check_resumable(cfg, out / "config.yaml")
+        # Before the data is opened: a damaged or unsafe last.ckpt is what to report. Mapped,
+        # not read: Lightning reads it (through SafeCheckpointIO) when it restores the state.
+        SafeCheckpointIO.read_resume_point(last, mmap=True)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     datamodule = make_datamodule(cfg)
     img_sizes, out_px = sizes_from_data(datamodule)
@@ -292,17 +296,26 @@ class SafeCheckpointIO(TorchCheckpointIO):
                 checkpoint written by ``flairkit fit``.
         """
         resuming = self.resume_path is not None and Path(path).absolute() == self.resume_path
-        hint = "restore it, or start over with --no-resume (which replaces it)"
-        try:
-            checkpoint = load_weights_only(path, map_location or "cpu")
-        except CheckpointReadError as exc:
-            if not resuming:
-                raise
-            raise CheckpointReadError(f"{exc}; cannot resume from it: {hint}") from exc
         if not resuming:
-            return checkpoint
+            return load_weights_only(path, map_location or "cpu")
+        return self.read_resume_point(path, map_location or "cpu")
+
+    @classmethod
+    def read_resume_point(cls, path: Any, map_location: Any = "cpu", mmap: bool = False) -> dict:
+        """A checkpoint to resume from, checked to hold what resuming needs.
+
+        Raises:
+            CheckpointReadError: unreadable, unsafe, or not a ``flairkit fit`` checkpoint.
+        """
+        hint = "restore it, or start over with --no-resume (which replaces it)"
+        # torch maps only its zip format; an older or foreign file is read (and refused) whole
+        mmap = mmap and zipfile.is_zipfile(path)
+        try:
+            checkpoint = load_weights_only(path, map_location, mmap=mmap)
+        except CheckpointReadError as exc:
+            raise CheckpointReadError(f"{exc}; cannot resume from it: {hint}") from exc
         missing = [
-            k for k in self.RESUME_KEYS if not isinstance(checkpoint, dict) or k not in checkpoint
+            k for k in cls.RESUME_KEYS if not isinstance(checkpoint, dict) or k not in checkpoint
         ]
         if missing:
             raise CheckpointReadError(
