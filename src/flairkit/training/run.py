@@ -188,7 +188,7 @@ def fit(cfg: RunConfig, resume: bool | str = "auto", callbacks: list | None = No
         _check_resumable(cfg, out / "config.yaml")
         # Before the data is opened: a damaged or unsafe last.ckpt is what to report. Mapped,
         # not read: Lightning reads it (through SafeCheckpointIO) when it restores the state.
-        SafeCheckpointIO.read_resume_point(last, mmap=True)
+        resume_point = SafeCheckpointIO.read_resume_point(last, mmap=True)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     datamodule = make_datamodule(cfg)
     img_sizes, out_px = sizes_from_data(datamodule)
@@ -196,9 +196,12 @@ def fit(cfg: RunConfig, resume: bool | str = "auto", callbacks: list | None = No
         cfg.model, img_sizes={m: img_sizes[m] for m in cfg.model.inputs}, out_px=out_px
     )
     cfg = replace(cfg, model=model_cfg)
+    task = SegmentationTask(cfg.model, cfg.preprocess, cfg.loss, cfg.optim)
+    if resuming:  # before config.yaml is replaced: the run's recipe must stay the checkpoint's
+        _check_resume_fits(last, resume_point, task)
+        del resume_point
     out.mkdir(parents=True, exist_ok=True)  # once the config and the data are known good
     save_run_config(cfg, out / "config.yaml")
-    task = SegmentationTask(cfg.model, cfg.preprocess, cfg.loss, cfg.optim)
     if cfg.train.winograd:  # CPU float32 training only; see TrainConfig
         log.info("Winograd for %d 3x3 convolutions on CPU", use_winograd(task.model))
     val_path = out / "val_scores.json"
@@ -323,6 +326,31 @@ class SafeCheckpointIO(TorchCheckpointIO):
                 f"cannot resume from it: {hint}"
             )
         return checkpoint
+
+
+def _check_resume_fits(path: Path, checkpoint: dict, task: SegmentationTask) -> None:
+    """The checkpoint to resume from holds the weights of this config's model.
+
+    Lightning's strict load would fail later with a multi-line RuntimeError; a changed
+    ``model.*`` key (arch, inputs, classes) is the usual cause.
+    """
+    from flairkit.models.official import describe_mismatch
+
+    stored = checkpoint["state_dict"]
+    own = task.state_dict()
+    missing = [k for k in own if k not in stored]
+    unexpected = [k for k in stored if k not in own]
+    wrong_shape = [
+        f"{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}"
+        for k, v in stored.items()
+        if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape
+    ]
+    if missing or unexpected or wrong_shape:
+        raise ConfigError(
+            f"{path}: was written for another model than this config describes "
+            f"({describe_mismatch(missing, unexpected, wrong_shape)}); keep the run's model.* "
+            "keys, or start over with --no-resume or another train.output_dir"
+        )
 
 
 class _RunCheckpoint(ModelCheckpoint):
