@@ -12,6 +12,9 @@ cores to spare). Both yield the same ``TileBatch`` objects in grid order.
 
 from __future__ import annotations
 
+import pickle
+import signal
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -183,10 +186,80 @@ def _prefetch(
         pool.shutdown(wait=True)
 
 
+class _Failed:
+    """An exception raised in a worker, sent back as data (DataLoader would wrap it otherwise).
+
+    DataLoader re-raises a worker's exception with the worker's whole traceback in its message;
+    a bad input would then print a traceback instead of one line naming the file.
+    """
+
+    def __init__(self, error: Exception) -> None:
+        try:
+            pickle.loads(pickle.dumps(error))
+        except Exception:  # an exception that cannot travel: its message does
+            error = RuntimeError(f"{type(error).__name__}: {error}")
+        self.error = error
+
+
+class _CatchingDataset(Dataset[TileItem]):
+    """A dataset whose items are ``_Failed`` instead of raising (for worker processes)."""
+
+    def __init__(self, dataset: Dataset[TileItem]) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, position: int) -> TileItem | _Failed:
+        try:
+            return self.dataset[position]
+        except Exception as exc:
+            return _Failed(exc)
+
+
+def _collate_or_fail(items: Sequence[TileItem | _Failed]) -> TileBatch | _Failed:
+    failed = next((item for item in items if isinstance(item, _Failed)), None)
+    return failed if failed is not None else collate_tiles(items)  # type: ignore[arg-type]
+
+
+def _quiet_worker(worker_id: int) -> None:
+    """Ctrl-C is the main process's to handle: a worker ignores SIGINT (no traceback of its own)
+    and stops when the main process shuts the loader down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _start_workers(loader: DataLoader) -> Iterator[TileBatch]:
+    """``iter(loader)`` (it forks the workers), a Ctrl-C meanwhile raised once they are started.
+
+    A KeyboardInterrupt raised in the middle of a fork is lost: Python's at-fork hooks swallow
+    it, and one raised in ``logging``'s hook leaves that module's lock taken, so the next log
+    call (in the blend thread) waits forever. While the workers start, SIGINT is only noted.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        return iter(loader)
+    interrupted: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+    try:
+        batches = iter(loader)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted and callable(previous):
+        try:
+            previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
+        except BaseException:
+            del batches  # the workers stop
+            raise
+    return batches
+
+
 def loader_batches(
     dataset: Dataset[TileItem], batch_size: int, num_workers: int, pin_memory: bool
 ) -> Iterator[TileBatch]:
     """Batches from a DataLoader with worker processes (sequential order, no shuffling).
+
+    Workers ignore SIGINT (the main process stops them); an exception in a worker is raised
+    here as itself, with its own message (not DataLoader's copy of the worker's traceback).
 
     Args:
         dataset: the tiles.
@@ -198,12 +271,22 @@ def loader_batches(
         ``TileBatch`` objects covering the dataset in order.
     """
     loader = DataLoader(
-        dataset,
+        _CatchingDataset(dataset),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
-        collate_fn=collate_tiles,
+        collate_fn=_collate_or_fail,
         pin_memory=pin_memory and torch.cuda.is_available(),
         prefetch_factor=2,
+        worker_init_fn=_quiet_worker,
     )
-    yield from loader
+    batches = _start_workers(loader)
+    try:
+        for batch in batches:
+            if isinstance(batch, _Failed):
+                raise batch.error
+            yield batch
+    finally:
+        # The last reference: the workers stop now, even while an exception (whose traceback
+        # holds this frame) is still propagating.
+        del batches

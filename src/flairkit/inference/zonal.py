@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import os
 import queue
 import shutil
 import threading
@@ -43,7 +44,7 @@ import rasterio
 import torch
 from rasterio.errors import NotGeoreferencedWarning
 
-from flairkit.config import ZoneConfig
+from flairkit.config import ConfigError, ZoneConfig
 from flairkit.inference.dataset import TileBatch, TileDataset, loader_batches, prefetch_batches
 from flairkit.inference.fold import fold_batchnorm
 from flairkit.inference.plan import ZonePlan, plan_zone
@@ -59,7 +60,13 @@ from flairkit.inference.predictor import (
 from flairkit.inference.shard import Piece, merge_pieces, piece_dir, plan_pieces, rank_from_env
 from flairkit.inference.stitch import RowBlender, RowBlock, quantise_block
 from flairkit.io.raster import DataError, Georef
-from flairkit.io.writers import NODATA_CLASS, MapOutputs, StreamingMapWriter, map_output_paths
+from flairkit.io.writers import (
+    NODATA_CLASS,
+    MapOutputs,
+    StreamingMapWriter,
+    map_output_paths,
+    map_written_paths,
+)
 from flairkit.memory import release_free_memory
 from flairkit.transforms.preprocess import Preprocessor
 
@@ -242,6 +249,75 @@ def map_piece(
 # -- the entry points ---------------------------------------------------------------------------
 
 
+def _protected_files(config: ZoneConfig) -> list[tuple[str, Path]]:
+    """The files a map reads and must never change: ``(config key, path)``."""
+    files = [("model", Path(config.model))]
+    for m, cfg in config.inputs.items():
+        for key in ("path", "dates", "mask"):
+            value = getattr(cfg, key)
+            if value is not None:
+                files.append((f"inputs.{m.value}.{key}", Path(value)))
+    return files
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """True when two paths name one file: same real path, or same inode (hard links)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """True when ``path`` lies in ``folder`` (real paths; a bind mount of it as well)."""
+    real, real_folder = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    if real.is_relative_to(real_folder):
+        return True
+    if not folder.is_dir():
+        return False
+    return any(_same_file(parent, folder) for parent in real.parents if parent.is_dir())
+
+
+def check_output_paths(config: ZoneConfig) -> None:
+    """Refuse an output whose files would replace or delete a file the map reads.
+
+    Every file a map may write or delete (the class map, its style, preview, probabilities,
+    partial files, progress record and temporaries, and every rank's piece: see
+    ``map_written_paths`` and ``piece_dir``) is compared with the model and every input
+    (rasters, dates files, masks): same real path (symlinks, relative paths and ``..``
+    resolved) or, for files that exist, same file (hard links). Called before anything is
+    written or deleted, whatever ``output.on_existing``.
+
+    Raises:
+        ConfigError: a clash (the message names ``output.path`` and the file), or an output
+            path that is a folder or lies under a file.
+    """
+    out = Path(config.output.path)
+    if out.is_dir():
+        raise ConfigError(
+            f"output.path: {out} is a folder; give the class map's file name (e.g. {out}/map.tif)"
+        )
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"output.path: {out}: {parent} is a file, not a folder")
+            break
+    files, folders = map_written_paths(out)
+    folders = [*folders, piece_dir(out)]
+    for key, protected in _protected_files(config):
+        clash = next((f for f in files if _same_file(f, protected)), None)
+        if clash is None:
+            clash = next((d for d in folders if _inside(protected, d)), None)
+        if clash is not None:
+            what = "is" if _same_file(clash, protected) else "holds"
+            raise ConfigError(
+                f"output.path: {out} would write or delete {clash}, which {what} the map's "
+                f"{key} ({protected}); choose another output path"
+            )
+
+
 @contextlib.contextmanager
 def _runtime(config: ZoneConfig) -> Iterator[None]:
     """Bounded GDAL cache and the configured torch threads."""
@@ -325,10 +401,15 @@ def predict_zone(
         The output paths, or None on a rank that leaves the merge to another job.
 
     Raises:
-        ConfigError: a bad or incomplete config (the message names the key).
-        DataError: an unreadable, unreferenced or non-overlapping input, bad dates.
+        ConfigError: a bad or incomplete config (the message names the key), an output path
+            whose files would replace or delete an input or the model (``check_output_paths``).
+        DataError: an unreadable, unreferenced or non-overlapping input, bad dates; an input
+            that cannot be read midway (the message names the file).
+        MapWriteError: an output file cannot be written (disk full, read-only folder); the
+            same call again resumes from the last complete block row.
         ResumeMismatchError: existing outputs made with other settings.
     """
+    check_output_paths(config)  # before anything is written or deleted
     env_rank, env_world = rank_from_env()
     rank = env_rank if rank is None else rank
     world_size = env_world if world_size is None else world_size
@@ -390,8 +471,6 @@ def _gather(
 
 def _process_group(world_size: int) -> str | None:
     """``"existing"`` or ``"ours"`` when ranks can synchronise through torch.distributed, else None."""
-    import os
-
     import torch.distributed as dist
 
     if world_size == 1 or not dist.is_available():
@@ -523,6 +602,7 @@ def merge_zone(
         DataError: a piece is missing or unfinished.
         ResumeMismatchError: a piece was made with other settings.
     """
+    check_output_paths(config)  # before anything is written or deleted
     model = model or load_zone_model(config.model, with_network=False)
     with _runtime(config):
         plan = plan_zone(config, model)

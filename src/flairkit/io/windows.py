@@ -57,9 +57,10 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
-from rasterio.errors import RasterioIOError
+from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.transform import Affine
 from rasterio.warp import reproject, transform_bounds
 from rasterio.warp import transform as transform_points
@@ -530,13 +531,18 @@ class WindowReader:
         height, width = shape
         dst_transform = _window_transform(bounds, width, height)
         window = _aligned_window(info, dst_crs, dst_transform, width, height)
-        if window is not None:
-            data, valid = _read_aligned(src, info, window)
-        else:
-            data = _read_warped(
-                src, info, dst_crs, dst_transform, shape, resampling or RESAMPLING[modality]
-            )
-            valid = _inside_mask(info, dst_crs, dst_transform, width, height)
+        try:
+            if window is not None:
+                data, valid = _read_aligned(src, info, window)
+            else:
+                data = _read_warped(
+                    src, info, dst_crs, dst_transform, shape, resampling or RESAMPLING[modality]
+                )
+                valid = _inside_mask(info, dst_crs, dst_transform, width, height)
+        except (RasterioError, CPLE_BaseError) as exc:  # e.g. a file cut short after opening
+            raise DataError(
+                f"{info.path}: cannot read {modality.value} pixels ({_why(exc)})"
+            ) from exc
         if info.nodata is not None:
             valid &= ~_all_nodata(data, info.nodata)
         georef = Georef(_crs_string(dst_crs), tuple(dst_transform)[:6], width, height)
@@ -610,6 +616,13 @@ def _intersection(a: Bounds, b: Bounds) -> Bounds | None:
     left, bottom = max(a[0], b[0]), max(a[1], b[1])
     right, top = min(a[2], b[2]), min(a[3], b[3])
     return (left, bottom, right, top) if right > left and top > bottom else None
+
+
+def _why(exc: BaseException) -> str:
+    """GDAL's message of a failed read (rasterio's own points to it), on one line."""
+    cause = exc.__cause__ or exc.__context__
+    text = str(cause) if cause is not None and "previous exception" in str(exc) else str(exc)
+    return " ".join(text.split()) or type(exc).__name__
 
 
 def _fmt(bounds: Bounds) -> str:
