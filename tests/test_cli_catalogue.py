@@ -643,6 +643,7 @@ def test_sigint_during_map_prints_one_line_and_exits_130(
     out = tmp_path / "map" / "cosia.tif"
     cfg = zone_config(tmp_path / "zone.yaml", zone, workspace.zone_model, out)
     for workers in (0, 2):
+        shutil.rmtree(out.parent, ignore_errors=True)  # wait for this run's partial files
         proc = subprocess.Popen(
             [
                 FLAIRKIT,
