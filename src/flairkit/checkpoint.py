@@ -23,10 +23,11 @@ from flairkit.models.build import build_model
 from flairkit.models.official import (
     WeightsError,
     check_finite,
-    describe_mismatch,
+    existing_file,
     read_safetensors,
     read_safetensors_header,
     read_torch_file,
+    state_mismatch,
 )
 from flairkit.models.segmenter import MultiModalSegmenter
 
@@ -90,7 +91,7 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
         WeightsError: not a flairkit model file, a damaged one, or one whose recipe is not a
             mapping with ``model`` and ``preprocess``; the message starts with the file's path.
     """
-    path = _model_file(path)
+    path = existing_file(path, "model file")
     if path.suffix == ".safetensors":
         recipe = _safetensors_recipe(path, read_safetensors_header(path)[1])
     else:
@@ -136,15 +137,6 @@ def _checked_recipe(path: Path, recipe: Any) -> dict[str, Any]:
     return recipe
 
 
-def _model_file(path: str | Path) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        raise WeightsError(f"{path}: is a directory, not a model file")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: model file not found")
-    return path
-
-
 def load_model(path: str | Path) -> tuple[MultiModalSegmenter, PreprocessConfig]:
     """Build the model a flairkit file describes and load its weights (strict).
 
@@ -159,7 +151,7 @@ def load_model(path: str | Path) -> tuple[MultiModalSegmenter, PreprocessConfig]
         WeightsError: a damaged or unsafe file, a bad recipe, tensors that do not fit the model
             the recipe describes, or non-finite tensors; one line that starts with the path.
     """
-    path = _model_file(path)
+    path = existing_file(path, "model file")
     if path.suffix == ".safetensors":
         recipe = read_recipe(path)
         state = read_safetensors(path)
@@ -202,16 +194,8 @@ def _checkpoint_state(path: Path, checkpoint: Mapping[str, Any]) -> dict[str, Te
 
 def _check_fits(path: Path, model: MultiModalSegmenter, state: Mapping[str, Tensor]) -> None:
     """Strict loading, with one line that counts and shows what does not fit."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong_shape = [
-        f"{k}: file {tuple(v.shape)}, model {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    if missing or unexpected or wrong_shape:
+    mismatch = state_mismatch(model.state_dict(), state)
+    if mismatch:
         raise WeightsError(
-            f"{path}: {describe_mismatch(missing, unexpected, wrong_shape)}; the tensors do not "
-            "fit the model its recipe describes"
+            f"{path}: {mismatch}; the tensors do not fit the model its recipe describes"
         )

@@ -62,7 +62,7 @@ def read_weights_file(path: str | Path) -> dict[str, Tensor]:
         FileNotFoundError: no such file.
         WeightsError: unreadable file, one that holds no tensors, or a non-finite tensor.
     """
-    path = _existing_file(path, "weights file")
+    path = existing_file(path, "weights file")
     if path.suffix == ".safetensors":
         raw: Any = read_safetensors(path)
     else:
@@ -82,7 +82,7 @@ def read_weights_file(path: str | Path) -> dict[str, Tensor]:
     return out
 
 
-def _existing_file(path: str | Path, what: str) -> Path:
+def existing_file(path: str | Path, what: str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise WeightsError(f"{path}: is a directory, not a {what}")
@@ -224,6 +224,26 @@ def check_finite(path: str | Path, state: Mapping[str, Tensor]) -> None:
                 f"{path}: tensor {key} holds {nan} NaN and {bad.numel() - nan} infinite "
                 f"values (of {value.numel()}); flairkit does not use non-finite weights"
             )
+
+
+def state_mismatch(
+    own: Mapping[str, Tensor], stored: Mapping[str, object], where: str = "file"
+) -> str:
+    """What keeps ``stored`` from loading strictly into a module of state ``own``, on one line.
+
+    Returns:
+        ``""`` when every key is there with its shape, else ``describe_mismatch``'s line.
+    """
+    missing = [k for k in own if k not in stored]
+    unexpected = [k for k in stored if k not in own]
+    wrong_shape = [
+        f"{k}: {where} {tuple(v.shape)}, model {tuple(own[k].shape)}"
+        for k, v in stored.items()
+        if k in own and isinstance(v, Tensor) and v.shape != own[k].shape
+    ]
+    if not (missing or unexpected or wrong_shape):
+        return ""
+    return describe_mismatch(missing, unexpected, wrong_shape)
 
 
 def describe_mismatch(

@@ -334,22 +334,14 @@ def _check_resume_fits(path: Path, checkpoint: dict, task: SegmentationTask) -> 
     Lightning's strict load would fail later with a multi-line RuntimeError; a changed
     ``model.*`` key (arch, inputs, classes) is the usual cause.
     """
-    from flairkit.models.official import describe_mismatch
+    from flairkit.models.official import state_mismatch
 
-    stored = checkpoint["state_dict"]
-    own = task.state_dict()
-    missing = [k for k in own if k not in stored]
-    unexpected = [k for k in stored if k not in own]
-    wrong_shape = [
-        f"{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}"
-        for k, v in stored.items()
-        if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape
-    ]
-    if missing or unexpected or wrong_shape:
+    mismatch = state_mismatch(task.state_dict(), checkpoint["state_dict"], "checkpoint")
+    if mismatch:
         raise ConfigError(
-            f"{path}: was written for another model than this config describes "
-            f"({describe_mismatch(missing, unexpected, wrong_shape)}); keep the run's model.* "
-            "keys, or start over with --no-resume or another train.output_dir"
+            f"{path}: was written for another model than this config describes ({mismatch}); "
+            "keep the run's model.* keys, or start over with --no-resume or another "
+            "train.output_dir"
         )
 
 
