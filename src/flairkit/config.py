@@ -813,6 +813,9 @@ class ZoneConfig:
         tiling: tile, overlap and margin sizes.
         runtime: batching, device, precision, threads.
         task: which head to map when the model has several (``COSIA`` or ``LPIS``).
+        nonfinite: what a NaN or infinite input value does: ``error`` or ``zero`` (see
+            ``PreprocessConfig.nonfinite``); default (None) the model file's setting. ``zero``
+            maps rasters that use NaN as nodata with a model trained under ``error``.
     """
 
     model: Path
@@ -822,6 +825,7 @@ class ZoneConfig:
     tiling: ZoneTilingConfig = ZoneTilingConfig()
     runtime: ZoneRuntimeConfig = ZoneRuntimeConfig()
     task: Task | None = None
+    nonfinite: NonFinite | None = None
 
     def __post_init__(self) -> None:
         if not self.inputs:

@@ -279,6 +279,8 @@ def plan_zone(config: ZoneConfig, model: ZoneModel) -> ZonePlan:
     """
     task = choose_task(config.task, list(model.config.tasks))
     preprocess = dataclasses.replace(model.preprocess, tasks=())
+    if config.nonfinite is not None:
+        preprocess = dataclasses.replace(preprocess, nonfinite=config.nonfinite)
     sources, gsd_m = zone_sources(config, model.config, preprocess)
     reader = WindowReader(sources, gsd_m=gsd_m, num_threads=min(4, len(sources)))
     reference = reader.reference_modality
@@ -290,6 +292,7 @@ def plan_zone(config: ZoneConfig, model: ZoneModel) -> ZonePlan:
     fingerprint = {
         "model_sha256": model.digest,
         "task": task.value,
+        "nonfinite": preprocess.nonfinite,
         "tile_px": tile_px,
         "overlap_px": overlap_px,
         "margin_px": margin_px,
