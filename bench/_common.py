@@ -14,7 +14,7 @@ def make_batch(cfg, batch: int, seed: int = 0):
     """Random inputs and labels for a ModelConfig, as the DataLoader would give them."""
     import torch
 
-    from flairkit.data.sample import Batch
+    from flairkit.sample import Batch
 
     g = torch.Generator().manual_seed(seed)
     inputs, dates, masks = {}, {}, {}

@@ -66,7 +66,7 @@ def run_one(root: Path, name: str, mode: str, workers: int, passes: int) -> dict
     import rasterio
     from torch.utils.data import DataLoader
 
-    from flairkit.data.sample import collate
+    from flairkit.sample import collate
 
     catalog, dataset = _build(root, CONFIGS[name])
     n = len(dataset)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from flairkit.config import CloudFilterConfig
-from flairkit.data.sample import RawSample
+from flairkit.sample import RawSample
 from flairkit.io.raster import count_nonfinite
 from flairkit.modalities import (
     COSIA_CLASSES,

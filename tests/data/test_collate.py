@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flairkit.data.sample import Batch, Sample, collate
+from flairkit.sample import Batch, Sample, collate
 from flairkit.modalities import Modality, Task
 
 S2, S1 = Modality.SENTINEL2_TS, Modality.SENTINEL1_ASC_TS

@@ -9,7 +9,7 @@ import torch
 
 from flairkit.config import preprocess_config_for
 from flairkit.data.datamodule import FlairDataModule
-from flairkit.data.sample import Batch
+from flairkit.sample import Batch
 from flairkit.io.catalog import Catalog
 from flairkit.modalities import Modality, Task
 from flairkit.synth import SynthSummary

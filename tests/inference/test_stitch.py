@@ -18,7 +18,7 @@ from flairkit.inference.stitch import (
     quantise_block,
 )
 from flairkit.inference.tiling import TileGrid, make_tile_grid
-from flairkit.io.raster import Georef
+from flairkit.sample import Georef
 from flairkit.io.writers import StreamingMapWriter
 from flairkit.modalities import COSIA_CLASSES
 

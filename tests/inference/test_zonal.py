@@ -22,7 +22,7 @@ from flairkit.config import (
     load_zone_config,
     preprocess_config_for,
 )
-from flairkit.data.sample import Batch, collate
+from flairkit.sample import Batch, collate
 from flairkit.inference.fold import fold_batchnorm
 from flairkit.inference.predictor import ZoneModel, load_zone_model
 from flairkit.inference.shard import plan_pieces, split_columns, split_rows, strip_grid

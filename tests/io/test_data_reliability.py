@@ -22,7 +22,7 @@ from rasterio.transform import Affine
 from flairkit.cli import main
 from flairkit.config import PreprocessConfig, from_dict, preprocess_config_for, to_dict
 from flairkit.data.datasets import PatchDataset
-from flairkit.data.sample import RawSample
+from flairkit.sample import RawSample
 from flairkit.inference.dataset import TileDataset
 from flairkit.io.catalog import Catalog, read_split_file
 from flairkit.io.dates import DatesIndex

@@ -27,7 +27,7 @@ from shapely.geometry import box
 
 from flairkit.config import ModalityConfig, PreprocessConfig
 from flairkit.data.datasets import PatchDataset
-from flairkit.data.sample import collate
+from flairkit.sample import collate
 from flairkit.io.catalog import Catalog
 from flairkit.io.dates import DatesIndex
 from flairkit.io.patches import read_patch

@@ -15,7 +15,7 @@ import pytest
 import rasterio
 
 import flairkit.io.writers as writers
-from flairkit.io.raster import Georef
+from flairkit.sample import Georef
 from flairkit.io.writers import (
     FINGERPRINT_TAG,
     ResumeMismatchError,

@@ -9,7 +9,7 @@ import torch
 from golden import assert_matches_golden, golden_inputs, golden_state_dict
 
 from flairkit.config import ModelConfig
-from flairkit.data.sample import Batch
+from flairkit.sample import Batch
 from flairkit.modalities import Modality, Task
 from flairkit.models.build import build_model
 from flairkit.models.official import WeightsError, load_published_weights

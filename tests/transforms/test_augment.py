@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from flairkit.data.sample import Sample
+from flairkit.sample import Sample
 from flairkit.modalities import Modality, Task
 from flairkit.transforms.augment import FlipRotate, apply_flip_rotate
 

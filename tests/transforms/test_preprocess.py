@@ -15,8 +15,8 @@ from flairkit.config import (
     from_dict,
     preprocess_config_for,
 )
-from flairkit.data.sample import RawSample, collate
-from flairkit.io.raster import Georef
+from flairkit.sample import RawSample, collate
+from flairkit.sample import Georef
 from flairkit.modalities import Modality, Task
 from flairkit.transforms.preprocess import Preprocessor
 

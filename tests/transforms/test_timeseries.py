@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from flairkit.config import CloudFilterConfig, ModalityConfig, PreprocessConfig
-from flairkit.data.sample import RawSample
+from flairkit.sample import RawSample
 from flairkit.io.dates import day_offsets
 from flairkit.modalities import Modality
 from flairkit.transforms.preprocess import Preprocessor

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from flairkit.config import PreprocessConfig
 from flairkit.data.datasets import PatchDataset
-from flairkit.data.sample import collate
+from flairkit.sample import collate
 from flairkit.io.catalog import Catalog
 from flairkit.io.dates import DatesIndex
 from flairkit.modalities import Modality

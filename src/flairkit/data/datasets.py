@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch.utils.data import Dataset
 
-from flairkit.data.sample import Sample
+from flairkit.sample import Sample
 from flairkit.io.dates import DatesIndex
 from flairkit.io.patches import PatchRef, read_patch
 from flairkit.io.threads import default_num_threads, thread_pool

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from flairkit.data.sample import Batch, Sample, collate
+from flairkit.sample import Batch, Sample, collate
 from flairkit.io.windows import WindowReader
 from flairkit.modalities import Modality
 from flairkit.transforms.preprocess import Preprocessor

@@ -27,7 +27,7 @@ from flairkit.config import ConfigError, ModelConfig, PreprocessConfig, ZoneConf
 from flairkit.inference.predictor import ZoneModel
 from flairkit.inference.stitch import default_margin_px
 from flairkit.inference.tiling import TileGrid, make_tile_grid
-from flairkit.io.raster import Georef
+from flairkit.sample import Georef
 from flairkit.io.windows import RasterSource, WindowReader
 from flairkit.modalities import PATCH_SIZE_M, ClassInfo, Modality, Task, class_table
 from flairkit.models.segmenter import MultiModalSegmenter

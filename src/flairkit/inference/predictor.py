@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from flairkit.config import ConfigError, ModelConfig, PreprocessConfig, from_dict
-from flairkit.data.sample import Batch
+from flairkit.sample import Batch
 from flairkit.modalities import Modality, Task
 from flairkit.models.segmenter import MultiModalSegmenter
 

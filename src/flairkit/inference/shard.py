@@ -34,7 +34,7 @@ import rasterio
 from rasterio.windows import Window
 
 from flairkit.inference.tiling import TileGrid
-from flairkit.io.raster import Georef
+from flairkit.sample import Georef
 from flairkit.io.writers import MapOutputs, StreamingMapWriter
 
 

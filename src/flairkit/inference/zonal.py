@@ -59,7 +59,8 @@ from flairkit.inference.predictor import (
 )
 from flairkit.inference.shard import Piece, merge_pieces, piece_dir, plan_pieces, rank_from_env
 from flairkit.inference.stitch import RowBlender, RowBlock, quantise_block
-from flairkit.io.raster import DataError, Georef
+from flairkit.io.raster import DataError
+from flairkit.sample import Georef
 from flairkit.io.writers import (
     NODATA_CLASS,
     MapOutputs,

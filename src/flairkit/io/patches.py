@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from flairkit.data.sample import RawSample
+from flairkit.sample import RawSample
 from flairkit.io.dates import DatesIndex
-from flairkit.io.raster import DataError, Georef, count_nonfinite, read_geotiff, read_text_file
+from flairkit.io.raster import DataError, count_nonfinite, read_geotiff, read_text_file
+from flairkit.sample import Georef
 from flairkit.io.threads import default_num_threads, thread_pool
 from flairkit.modalities import HISTORICAL_YEAR, Modality
 

@@ -15,7 +15,6 @@ import codecs
 import functools
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ import tifffile
 from rasterio.errors import RasterioIOError
 
 from flairkit.modalities import Modality
+from flairkit.sample import Georef
 
 log = logging.getLogger(__name__)
 
@@ -89,36 +89,6 @@ def read_text_file(path: str | Path, what: str) -> str:
         offset = data.index(b"\x00")
         raise DataError(f"{path}: {what} holds binary data (a NUL byte at offset {offset})")
     return text
-
-
-@dataclass(frozen=True)
-class Georef:
-    """Where a raster lies: CRS, north-up affine transform and size.
-
-    Attributes:
-        crs: ``"EPSG:<code>"`` or a WKT string; ``None`` when the file has no CRS.
-        transform: affine coefficients ``(a, b, c, d, e, f)`` as in ``affine.Affine``.
-        width: pixels per row.
-        height: rows.
-    """
-
-    crs: str | None
-    transform: tuple[float, float, float, float, float, float]
-    width: int
-    height: int
-
-    @property
-    def bounds(self) -> tuple[float, float, float, float]:
-        """(left, bottom, right, top) in CRS units (north-up rasters)."""
-        a, _, c, _, e, f = self.transform
-        x0, x1 = c, c + a * self.width
-        y0, y1 = f, f + e * self.height
-        return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
-
-    @property
-    def gsd_m(self) -> float:
-        """Pixel width in CRS units (metres for Lambert-93)."""
-        return abs(self.transform[0])
 
 
 def _crs_string(crs: rasterio.crs.CRS | None) -> str | None:

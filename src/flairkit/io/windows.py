@@ -66,9 +66,10 @@ from rasterio.warp import reproject, transform_bounds
 from rasterio.warp import transform as transform_points
 from rasterio.windows import Window
 
-from flairkit.data.sample import RawSample
+from flairkit.sample import RawSample
 from flairkit.io.dates import parse_yyyymmdd
-from flairkit.io.raster import DataError, Georef, _crs_string, count_nonfinite, read_text_file
+from flairkit.io.raster import DataError, _crs_string, count_nonfinite, read_text_file
+from flairkit.sample import Georef
 from flairkit.io.threads import default_num_threads, thread_pool
 from flairkit.modalities import Modality
 

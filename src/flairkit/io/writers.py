@@ -31,7 +31,8 @@ from rasterio.io import MemoryFile
 from rasterio.transform import from_bounds
 from rasterio.windows import Window
 
-from flairkit.io.raster import DataError, Georef
+from flairkit.io.raster import DataError
+from flairkit.sample import Georef
 from flairkit.modalities import ClassInfo, hex_to_rgb
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flairkit.data.sample import Batch
+from flairkit.sample import Batch
 from flairkit.modalities import Modality, Task
 from flairkit.models.fusion import MultiScaleFusion
 

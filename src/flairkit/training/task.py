@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from flairkit.config import LossConfig, ModelConfig, OptimConfig, PreprocessConfig, to_dict
-from flairkit.data.sample import Batch
+from flairkit.sample import Batch
 from flairkit.memory import reuse_freed_memory
 from flairkit.metrics import ConfusionMatrix, scores
 from flairkit.modalities import Task

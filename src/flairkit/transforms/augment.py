@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from flairkit.data.sample import Sample
+from flairkit.sample import Sample
 
 
 @dataclass(frozen=True)

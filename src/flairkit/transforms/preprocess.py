@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from flairkit.config import CloudFilterConfig, ConfigError, ModalityConfig, PreprocessConfig
-from flairkit.data.sample import RawSample, Sample
+from flairkit.sample import RawSample, Sample
 from flairkit.io.dates import day_offsets
 from flairkit.io.raster import DataError, count_nonfinite
 from flairkit.modalities import LABEL_MODALITIES, NORM_STATS, Modality, Task

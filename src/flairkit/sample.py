@@ -1,7 +1,11 @@
-"""The three data types of the pipeline and the collate that turns samples into a batch.
+"""The data types every layer passes on, and the collate that turns samples into a batch.
 
 files --io--> RawSample (numpy, native dtype) --Preprocessor--> Sample (torch, float inputs,
 integer labels) --collate--> Batch (padded time series with masks).
+
+They sit below io/, transforms/, data/, models/ and inference/, which all use them. The module
+imports torch only where a function needs it, so io/ (readers, ``flairkit info``/``check``) loads
+without torch.
 """
 
 from __future__ import annotations
@@ -12,13 +16,42 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from flairkit.modalities import Modality, Task
 
 if TYPE_CHECKING:
-    from flairkit.io.raster import Georef
+    import torch
+    from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Georef:
+    """Where a raster lies: CRS, north-up affine transform and size.
+
+    Attributes:
+        crs: ``"EPSG:<code>"`` or a WKT string; ``None`` when the file has no CRS.
+        transform: affine coefficients ``(a, b, c, d, e, f)`` as in ``affine.Affine``.
+        width: pixels per row.
+        height: rows.
+    """
+
+    crs: str | None
+    transform: tuple[float, float, float, float, float, float]
+    width: int
+    height: int
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) in CRS units (north-up rasters)."""
+        a, _, c, _, e, f = self.transform
+        x0, x1 = c, c + a * self.width
+        y0, y1 = f, f + e * self.height
+        return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
+
+    @property
+    def gsd_m(self) -> float:
+        """Pixel width in CRS units (metres for Lambert-93)."""
+        return abs(self.transform[0])
 
 
 @dataclass
@@ -132,6 +165,8 @@ def pad_time_series(
     Returns:
         ``(B, T, C, H, W)`` values, ``(B, T)`` dates, ``(B, T)`` mask (True = padding).
     """
+    import torch
+
     lengths = [s.shape[0] for s in series]
     t_max = max(lengths)
     first = series[0]
@@ -151,6 +186,8 @@ def collate(samples: Sequence[Sample]) -> Batch:
     Raises:
         ValueError: the samples do not hold the same modalities and tasks.
     """
+    import torch
+
     if not samples:
         raise ValueError("cannot collate an empty list of samples")
     first = samples[0]
