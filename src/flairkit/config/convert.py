@@ -38,7 +38,7 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
 def _convert(tp: Any, value: Any, path: str) -> Any:
     where = path or "<root>"
     origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, Mapping):
