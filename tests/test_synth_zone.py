@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import rasterio
 
-from flairkit.io.dates import DatesIndex
-from flairkit.io.windows import RasterSource, WindowReader, read_dates_file
+from flairkit.io.dates import DatesIndex, read_dates_file
+from flairkit.io.windows import RasterSource, WindowReader
 from flairkit.modalities import DEFAULT_CRS, PATCH_SIZE_M, Modality
 from flairkit.synth_zone import (
     ZoneSummary,

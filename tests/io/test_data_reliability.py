@@ -22,14 +22,14 @@ from rasterio.transform import Affine
 from flairkit.cli import main
 from flairkit.config import PreprocessConfig, from_dict, preprocess_config_for, to_dict
 from flairkit.data.datasets import PatchDataset
-from flairkit.sample import RawSample
 from flairkit.inference.dataset import TileDataset
 from flairkit.io.catalog import Catalog, read_split_file
-from flairkit.io.dates import DatesIndex
+from flairkit.io.dates import DatesIndex, read_dates_file
 from flairkit.io.patches import read_csv_lists, read_patch
 from flairkit.io.raster import DataError
-from flairkit.io.windows import RasterSource, WindowReader, read_dates_file
+from flairkit.io.windows import RasterSource, WindowReader
 from flairkit.modalities import Modality, Task
+from flairkit.sample import RawSample
 from flairkit.transforms.preprocess import Preprocessor
 
 L93 = "EPSG:2154"

@@ -18,10 +18,10 @@ from rasterio.warp import transform as transform_points
 from rasterio.warp import transform_bounds
 
 from flairkit.config import preprocess_config_for
-from flairkit.io.dates import DatesIndex
+from flairkit.io.dates import DatesIndex, read_dates_file
 from flairkit.io.patches import read_patch
 from flairkit.io.raster import DataError
-from flairkit.io.windows import RasterSource, WindowReader, read_dates_file
+from flairkit.io.windows import RasterSource, WindowReader
 from flairkit.modalities import PATCH_SIZE_M, Modality
 from flairkit.synth_zone import ZoneSummary, write_dates_file
 from flairkit.transforms.preprocess import Preprocessor

@@ -3,22 +3,30 @@
 The Sentinel date tables (spec section 1.5) hold one row per patch: ``patch_id`` and
 ``acquisition_dates``, a JSON object whose values are ``YYYYMMDD`` strings in band order.
 Keys are string indices, observed from "1" but read here from whatever they start at.
+
+Dates files (``RasterSource.dates_path`` of large-area maps, ``read_dates_file``) list one
+acquisition date per date-block of bands, in band order: text with one ``YYYYMMDD`` or
+``YYYY-MM-DD`` per line (blank and ``#`` lines ignored), or JSON (a list of such strings, or an
+object ``{"1": "YYYYMMDD", ...}`` with keys sorted numerically).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from flairkit.io.raster import DataError
+from flairkit.io.raster import DataError, read_text_file
 from flairkit.modalities import DEFAULT_REFERENCE_DATE, METADATA_DIR, Modality
 
 log = logging.getLogger(__name__)
+
+_ISO_DATE_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
 
 
 def parse_yyyymmdd(values: Iterable[str], source: str = "") -> np.ndarray:
@@ -60,6 +68,62 @@ def parse_acquisition_dates(text: str, source: str = "") -> np.ndarray:
     except ValueError as exc:
         raise DataError(f"{source}: acquisition_dates keys are not integers") from exc
     return parse_yyyymmdd((mapping[k] for k in keys), source)
+
+
+def read_dates_file(path: str | Path) -> np.ndarray:
+    """Read a dates file: text (one date per line) or JSON (list, or ``{"1": date, ...}``).
+
+    Dates are ``YYYYMMDD`` or ``YYYY-MM-DD``; in text files blank lines and ``#`` lines are
+    skipped.
+
+    Args:
+        path: the dates file.
+
+    Returns:
+        ``datetime64[D]`` array in file order.
+
+    Raises:
+        DataError: the file is missing, empty, not UTF-8, not valid JSON, or holds an
+            unparseable date; the message names the file (and the line, for text files).
+    """
+    text = read_text_file(path, "dates file")
+    path = Path(path)
+    stripped = text.lstrip()
+    if stripped.startswith(("[", "{")):
+        dates = _parse_json_dates(path, stripped)
+    else:
+        values = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            value = line.strip()
+            if value and not value.startswith("#"):
+                values.append(parse_yyyymmdd([_compact(value)], f"{path} line {number}")[0])
+        dates = np.array(values, dtype="datetime64[D]")
+    if dates.size == 0:
+        raise DataError(f"{path}: dates file holds no date")
+    return dates
+
+
+def _parse_json_dates(path: Path, text: str) -> np.ndarray:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: dates file is not valid JSON ({exc})") from exc
+    if isinstance(data, dict):
+        try:
+            data = [data[k] for k in sorted(data, key=int)]
+        except ValueError as exc:
+            raise DataError(f"{path}: JSON date keys are not integers") from exc
+    if not isinstance(data, list):
+        raise DataError(
+            f"{path}: JSON dates must be a list or an object, got {type(data).__name__}"
+        )
+    return parse_yyyymmdd([_compact(str(v)) for v in data], str(path))
+
+
+def _compact(value: str) -> str:
+    """``YYYY-MM-DD`` -> ``YYYYMMDD``; anything else unchanged (checked by the parser)."""
+    match = _ISO_DATE_RE.match(value.strip())
+    return "".join(match.groups()) if match else value.strip()
 
 
 def day_offsets(dates: np.ndarray, reference_date: str = DEFAULT_REFERENCE_DATE) -> np.ndarray:

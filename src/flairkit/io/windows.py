@@ -28,8 +28,8 @@ valid everywhere inside their extent. ``read_with_validity`` returns this mask p
 ``valid_mask`` computes it on any grid (the map's output grid) without reading the pixels of
 sources that declare no nodata.
 
-Dates files (``RasterSource.dates_path``) list one acquisition date per date-block of bands, in
-band order, in either of two formats:
+Dates files (``RasterSource.dates_path``, read by ``io.dates.read_dates_file``) list one
+acquisition date per date-block of bands, in band order, in either of two formats:
 
 * text, one date per line, ``YYYYMMDD`` (the reference zonal format) or ``YYYY-MM-DD``; blank
   lines and lines starting with ``#`` are ignored;
@@ -46,10 +46,8 @@ DataLoader workers started by ``spawn``).
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
-import re
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -66,12 +64,11 @@ from rasterio.warp import reproject, transform_bounds
 from rasterio.warp import transform as transform_points
 from rasterio.windows import Window
 
-from flairkit.sample import RawSample
-from flairkit.io.dates import parse_yyyymmdd
-from flairkit.io.raster import DataError, _crs_string, count_nonfinite, read_text_file
-from flairkit.sample import Georef
+from flairkit.io.dates import read_dates_file
+from flairkit.io.raster import DataError, _crs_string, count_nonfinite
 from flairkit.io.threads import default_num_threads, thread_pool
 from flairkit.modalities import Modality
+from flairkit.sample import Georef, RawSample
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +83,6 @@ RESAMPLING: dict[Modality, Resampling] = {
 _ALIGN_TOLERANCE_PX = 1e-3
 #: Densification of window edges when testing extents in another CRS.
 _DENSIFY_PTS = 21
-_ISO_DATE_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
 
 
 @dataclass(frozen=True)
@@ -135,62 +131,6 @@ class _SourceInfo:
     @property
     def fill_value(self) -> float:
         return 0 if self.nodata is None else self.nodata
-
-
-def read_dates_file(path: str | Path) -> np.ndarray:
-    """Read a dates file: text (one date per line) or JSON (list, or ``{"1": date, ...}``).
-
-    Dates are ``YYYYMMDD`` or ``YYYY-MM-DD``; in text files blank lines and ``#`` lines are
-    skipped.
-
-    Args:
-        path: the dates file.
-
-    Returns:
-        ``datetime64[D]`` array in file order.
-
-    Raises:
-        DataError: the file is missing, empty, not UTF-8, not valid JSON, or holds an
-            unparseable date; the message names the file (and the line, for text files).
-    """
-    text = read_text_file(path, "dates file")
-    path = Path(path)
-    stripped = text.lstrip()
-    if stripped.startswith(("[", "{")):
-        dates = _parse_json_dates(path, stripped)
-    else:
-        values = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            value = line.strip()
-            if value and not value.startswith("#"):
-                values.append(parse_yyyymmdd([_compact(value)], f"{path} line {number}")[0])
-        dates = np.array(values, dtype="datetime64[D]")
-    if dates.size == 0:
-        raise DataError(f"{path}: dates file holds no date")
-    return dates
-
-
-def _parse_json_dates(path: Path, text: str) -> np.ndarray:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: dates file is not valid JSON ({exc})") from exc
-    if isinstance(data, dict):
-        try:
-            data = [data[k] for k in sorted(data, key=int)]
-        except ValueError as exc:
-            raise DataError(f"{path}: JSON date keys are not integers") from exc
-    if not isinstance(data, list):
-        raise DataError(
-            f"{path}: JSON dates must be a list or an object, got {type(data).__name__}"
-        )
-    return parse_yyyymmdd([_compact(str(v)) for v in data], str(path))
-
-
-def _compact(value: str) -> str:
-    """``YYYY-MM-DD`` -> ``YYYYMMDD``; anything else unchanged (checked by the parser)."""
-    match = _ISO_DATE_RE.match(value.strip())
-    return "".join(match.groups()) if match else value.strip()
 
 
 @functools.lru_cache(maxsize=64)
@@ -266,11 +206,15 @@ class WindowReader:
                 self.close()
                 raise
         mask, s2 = infos.get(Modality.SENTINEL2_MSK), infos.get(Modality.SENTINEL2_TS)
-        if mask and s2 and not np.array_equal(mask.dates, s2.dates):
-            raise DataError(
-                f"{mask.path}: the S2 mask's {len(mask.dates)} dates differ from the "
-                f"{len(s2.dates)} dates of {s2.path}; both must list the same acquisitions"
-            )
+        if mask and s2:
+            mask_dates, s2_dates = mask.dates, s2.dates
+            # Time series always carry dates: the loop above raises when one has none.
+            assert mask_dates is not None and s2_dates is not None
+            if not np.array_equal(mask_dates, s2_dates):
+                raise DataError(
+                    f"{mask.path}: the S2 mask's {len(mask_dates)} dates differ from the "
+                    f"{len(s2_dates)} dates of {s2.path}; both must list the same acquisitions"
+                )
         return infos
 
     def _open_one(
@@ -479,6 +423,7 @@ class WindowReader:
             info = self._infos[m]
             if m.spec.is_time_series:
                 data = data.reshape(-1, m.spec.num_bands, *data.shape[1:])
+                assert info.dates is not None  # time series always carry dates (_open_all)
                 dates[m] = info.dates.copy()
             arrays[m], valid[m], georefs[m], paths[m] = data, ok, georef, info.path
             if data.dtype.kind in "fc":  # as read_patch: counted once per read
