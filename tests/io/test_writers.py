@@ -15,18 +15,16 @@ import pytest
 import rasterio
 
 import flairkit.io.writers as writers
-from flairkit.sample import Georef
+from flairkit.io.sidecars import preview_shape, write_preview_png, write_qml
 from flairkit.io.writers import (
     FINGERPRINT_TAG,
     ResumeMismatchError,
     StreamingMapWriter,
     map_output_paths,
-    preview_shape,
     write_class_map,
-    write_preview_png,
-    write_qml,
 )
 from flairkit.modalities import COSIA_CLASSES, hex_to_rgb
+from flairkit.sample import Georef
 
 HEIGHT, WIDTH = 300, 200  # not multiples of the 64 px blocks
 GEOREF = Georef("EPSG:2154", (0.2, 0.0, 600000.0, 0.0, -0.2, 6800000.0), WIDTH, HEIGHT)
