@@ -408,7 +408,7 @@ def _read_dates(root: Path, refs: Sequence[PatchRef], num_dates: np.ndarray) -> 
             detail = f"{error_reason(exc, path)} ({needed_by})"
             problems.append(Problem("dates_file", str(path), None, None, detail))
             continue
-        for i in np.flatnonzero(~seen):
+        for i in np.flatnonzero(~seen).tolist():
             ref = refs[i]
             for m in mods:
                 if m in ref.modalities:

@@ -19,7 +19,7 @@ import struct
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import rasterio
@@ -173,6 +173,8 @@ _KEY_MODEL, _KEY_RASTER, _KEY_GEOGRAPHIC, _KEY_PROJECTED, _USER_DEFINED = (
 )
 # GDAL writes the directory and its arrays at the start of the file: one read gets them.
 _HEAD_BYTES = 64 * 1024
+#: TIFF byte-order marks -> struct/numpy byte order.
+_BYTE_ORDER: dict[bytes, Literal["<", ">"]] = {b"II": "<", b"MM": ">"}
 
 
 def read_tiff_header(path: str) -> Header:
@@ -191,8 +193,10 @@ def read_tiff_header(path: str) -> Header:
     """
     with open(path, "rb") as handle:
         head = handle.read(_HEAD_BYTES)
-        order = {b"II": "<", b"MM": ">"}.get(head[:2])
-        version = struct.unpack_from(order + "H", head, 2)[0] if order else None
+        order = _BYTE_ORDER.get(head[:2])
+        if order is None:
+            raise _NotTiff()
+        version = struct.unpack_from(order + "H", head, 2)[0]
         if version == 42:
             (ifd,) = struct.unpack_from(order + "I", head, 4)
             count_fmt, entry_fmt, entry_size, offset_fmt = "H", "HHI4s", 12, "I"
@@ -517,7 +521,7 @@ def value_problems(data: np.ndarray, modality: Modality) -> list[tuple[str, str]
         bad = ~np.isfinite(data)
         if bad.any():
             bands = np.flatnonzero(bad.any(axis=(1, 2)))
-            detail = f"{int(bad.sum())} NaN/inf values in {_band_names(modality, bands)}"
+            detail = f"{int(bad.sum())} NaN/inf values in {_band_names(modality, bands.tolist())}"
             problems.append(("nonfinite", detail))
     if _value_limits(modality, 0) is None:
         return problems

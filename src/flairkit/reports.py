@@ -274,7 +274,7 @@ def plot_iou(
         edgecolor="0.3",
         linewidth=0.6,
     )
-    for y, iou in zip(ys, ious, strict=True):
+    for y, iou in enumerate(ious):  # the bars' y positions are 0 .. n - 1
         ax.text(iou + 0.8, y, f"{iou:.1f}", va="center", fontsize=7)
     ax.set_yticks(ys, [f"{e['index']} {e['name']}" for e in entries], fontsize=8)
     ax.invert_yaxis()

@@ -30,9 +30,9 @@ from rasterio.windows import Window
 from flairkit.io.dates import DatesIndex
 from flairkit.io.patches import PatchRef, scan_root
 from flairkit.io.raster import DataError
-from flairkit.sample import Georef
 from flairkit.io.windows import RasterSource
 from flairkit.modalities import DEFAULT_CRS, PATCH_SIZE_M, Modality
+from flairkit.sample import Georef
 from flairkit.synth import SynthSummary, make_synthetic_flairhub
 
 log = logging.getLogger(__name__)

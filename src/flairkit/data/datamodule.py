@@ -20,10 +20,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from flairkit.config import PreprocessConfig
 from flairkit.data.datasets import PatchDataset
-from flairkit.sample import collate
 from flairkit.io.catalog import Catalog
 from flairkit.io.dates import DatesIndex
 from flairkit.modalities import Modality
+from flairkit.sample import collate
 from flairkit.transforms.augment import FlipRotate
 from flairkit.transforms.preprocess import Preprocessor
 
@@ -143,9 +143,11 @@ def _unrepeated_sampler(dataset: Dataset, split: str) -> UnrepeatedDistributedSa
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
         return None
     world, rank = dist.get_world_size(), dist.get_rank()
-    if len(dataset) < world:
+    # torch's Dataset declares no __len__; map-style datasets (all of ours) have one
+    num_samples = len(dataset)  # type: ignore[arg-type]
+    if num_samples < world:
         raise ValueError(
-            f"the {split} split holds {len(dataset)} patches for {world} processes: "
+            f"the {split} split holds {num_samples} patches for {world} processes: "
             "every process needs at least one (use fewer devices)"
         )
     return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)

@@ -16,7 +16,7 @@ import pickle
 import signal
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from flairkit.sample import Batch, Sample, collate
 from flairkit.io.windows import WindowReader
 from flairkit.modalities import Modality
+from flairkit.sample import Batch, Sample, collate
 from flairkit.transforms.preprocess import Preprocessor
 
 Bounds = tuple[float, float, float, float]
@@ -139,7 +139,7 @@ class TileDataset(Dataset[TileItem]):
 
 def prefetch_batches(
     dataset: Dataset[TileItem], batch_size: int, num_threads: int, depth: int | None = None
-) -> Iterator[TileBatch]:
+) -> Generator[TileBatch, None, None]:
     """Load items in threads, ahead of their use, and yield them as batches, in order.
 
     Args:
@@ -152,7 +152,8 @@ def prefetch_batches(
         ``TileBatch`` objects covering the dataset in order.
     """
     depth = depth or batch_size + 1
-    items = _prefetch(dataset.__getitem__, len(dataset), num_threads, depth)
+    # torch's Dataset declares no __len__; map-style datasets (all of ours) have one
+    items = _prefetch(dataset.__getitem__, len(dataset), num_threads, depth)  # type: ignore[arg-type]
     group: list[TileItem] = []
     for item in items:
         group.append(item)
@@ -201,7 +202,7 @@ class _Failed:
         self.error = error
 
 
-class _CatchingDataset(Dataset[TileItem]):
+class _CatchingDataset(Dataset["TileItem | _Failed"]):
     """A dataset whose items are ``_Failed`` instead of raising (for worker processes)."""
 
     def __init__(self, dataset: Dataset[TileItem]) -> None:
@@ -255,7 +256,7 @@ def _start_workers(loader: DataLoader) -> Iterator[TileBatch]:
 
 def loader_batches(
     dataset: Dataset[TileItem], batch_size: int, num_workers: int, pin_memory: bool
-) -> Iterator[TileBatch]:
+) -> Generator[TileBatch, None, None]:
     """Batches from a DataLoader with worker processes (sequential order, no shuffling).
 
     Workers ignore SIGINT (the main process stops them); an exception in a worker is raised

@@ -27,10 +27,10 @@ from flairkit.config import ConfigError, ModelConfig, PreprocessConfig, ZoneConf
 from flairkit.inference.predictor import ZoneModel
 from flairkit.inference.stitch import default_margin_px
 from flairkit.inference.tiling import TileGrid, make_tile_grid
-from flairkit.sample import Georef
 from flairkit.io.windows import RasterSource, WindowReader
 from flairkit.modalities import PATCH_SIZE_M, ClassInfo, Modality, Task, class_table
 from flairkit.models.segmenter import MultiModalSegmenter
+from flairkit.sample import Georef
 from flairkit.transforms.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def zone_sources(
     return sources, gsd_m
 
 
-def _crs(value: str, where: str) -> CRS:
+def _crs(value: str | None, where: str) -> CRS:
     try:
         return CRS.from_user_input(value)
     except CRSError as exc:
@@ -214,7 +214,7 @@ def resolve_tiling(
     """
     inputs = [m for m in model.config.inputs]
     ratios = {m: Fraction(out_gsd_m / gsd_m[m]).limit_denominator(10_000) for m in inputs}
-    encoders = {}
+    encoders: dict[Modality, Any] = {}  # the network's encoder modules
     if isinstance(model.network, MultiModalSegmenter):
         encoders = {Modality(k): e for k, e in model.network.encoders.items()}
     sized = {m: e.img_size for m, e in encoders.items() if getattr(e, "img_size", None)}

@@ -34,8 +34,8 @@ import rasterio
 from rasterio.windows import Window
 
 from flairkit.inference.tiling import TileGrid
-from flairkit.sample import Georef
 from flairkit.io.writers import MapOutputs, StreamingMapWriter
+from flairkit.sample import Georef
 
 
 @dataclass(frozen=True)
@@ -232,7 +232,7 @@ def merge_pieces(
                 out_rows = slice(top - row, bottom - row)
                 cols = slice(piece.col_start, piece.col_stop)
                 classes[out_rows, cols] = class_src.read(1, window=window)
-                if proba is not None:
+                if proba is not None and proba_src is not None:
                     proba[:, out_rows, cols] = proba_src.read(window=window)
             writer.write_rows(row, classes, proba)
     finally:

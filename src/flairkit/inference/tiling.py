@@ -143,7 +143,7 @@ class TileGrid:
         """All tiles in grid order."""
         rows = _neighbour_overlaps(self.row_offsets, self.tile_px)
         cols = _neighbour_overlaps(self.col_offsets, self.tile_px)
-        out = []
+        out: list[Tile] = []
         for r, (row_off, (top, bottom)) in enumerate(zip(self.row_offsets, rows, strict=True)):
             for c, (col_off, (left, right)) in enumerate(zip(self.col_offsets, cols, strict=True)):
                 out.append(

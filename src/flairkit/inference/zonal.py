@@ -35,7 +35,7 @@ import shutil
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,6 @@ from flairkit.inference.predictor import (
 from flairkit.inference.shard import Piece, merge_pieces, piece_dir, plan_pieces, rank_from_env
 from flairkit.inference.stitch import RowBlender, RowBlock, quantise_block
 from flairkit.io.raster import DataError
-from flairkit.sample import Georef
 from flairkit.io.writers import (
     NODATA_CLASS,
     MapOutputs,
@@ -69,6 +68,7 @@ from flairkit.io.writers import (
     map_written_paths,
 )
 from flairkit.memory import release_free_memory
+from flairkit.sample import Georef
 from flairkit.transforms.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,9 @@ class _PieceWriter:
                 self.writer.write_rows(row - self.piece.row_start, _classes(chunk))
 
 
-def _batches(dataset: TileDataset, config: ZoneConfig, device: torch.device) -> Iterator[TileBatch]:
+def _batches(
+    dataset: TileDataset, config: ZoneConfig, device: torch.device
+) -> Generator[TileBatch, None, None]:
     r = config.runtime
     batch_size = resolve_batch_size(r.batch_size, device)
     if r.num_workers > 0:
@@ -206,6 +208,8 @@ def map_piece(
     )
     tiles = [t for t in blender.remaining_tiles() if t.grid_row < piece.band_stop]
     transform = piece.grid_transform(plan.georef)
+    if plan.georef.crs is None:  # output_georef always gives the grid a CRS
+        raise ValueError("the map grid has no CRS")
     dataset = TileDataset(
         plan.reader, Preprocessor(plan.preprocess),
         [piece.grid.tile_bounds(t, transform) for t in tiles],

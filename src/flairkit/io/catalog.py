@@ -109,7 +109,9 @@ class Catalog:
         else:
             return cls.scan(source, split, progress)
         # CSV lists carry their own split ("auto" = "csv"); any other method replaces it.
-        return catalog if split in (None, "auto", "csv") else catalog.with_split(split)
+        if split is None or split in ("auto", "csv"):
+            return catalog
+        return catalog.with_split(split)
 
     # -- splits -------------------------------------------------------------------------
     def with_split(self, method: str, val_fraction: float = 0.25) -> Catalog:
@@ -123,13 +125,15 @@ class Catalog:
             method = self._auto_split_method()
         if method == "csv":
             return self
+        mapping: Mapping[str, str | None]
         if method == "card":
             mapping = {r.patch_id: card_split(r.patch_id, val_fraction) for r in self.refs}
         elif method in GPKG_SPLIT_COLUMNS:
             mapping = self._gpkg_splits(method)
         elif Path(method).suffix.lower() in (".csv", ".json"):
-            mapping = read_split_file(method)
-            self._check_split_ids(method, mapping)
+            from_file = read_split_file(method)
+            self._check_split_ids(method, from_file)
+            mapping = from_file
         else:
             raise ValueError(
                 f"unknown split {method!r}; use auto, card, csv, {', '.join(GPKG_SPLIT_COLUMNS)} "
@@ -197,7 +201,7 @@ class Catalog:
         """Where the official split table would be."""
         return self.root / METADATA_DIR / SPLIT_GPKG if self.root else None
 
-    def _gpkg_splits(self, column: str) -> dict[str, str]:
+    def _gpkg_splits(self, column: str) -> dict[str, str | None]:
         import pyogrio
 
         path = self.split_gpkg_path
@@ -210,7 +214,7 @@ class Catalog:
         if column not in frame.columns or "patch_id" not in frame.columns:
             have = [c for c in frame.columns if c.startswith("split")]
             raise DataError(f"{path}: no column {column!r} (split columns: {have})")
-        mapping = {}
+        mapping: dict[str, str | None] = {}
         for patch_id, value in zip(frame["patch_id"].astype(str), frame[column], strict=True):
             split = SPLIT_ALIASES.get(str(value).strip().lower()) if value is not None else None
             if split is None and value not in (None, ""):
@@ -296,7 +300,7 @@ class Catalog:
         problems = self._file_problems(progress) if check_files else {}
         per_split = Counter(r.split or "none" for r in self.refs)
         per_domain: dict[str, Counter] = {}
-        per_modality = Counter()
+        per_modality: Counter[str] = Counter()
         missing: dict[str, list[str]] = {}
         bad: dict[str, list[str]] = {}
         for i, r in enumerate(self.refs):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -275,8 +276,9 @@ class UNetBlock(nn.Module):
 
     def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:  # noqa: D102
         conv, bn, relu = self.conv1
-        folded = self._folded_kernel(conv.weight, x)
-        y = relu(bn(upsample2x_conv3x3(x, conv.weight, skip, conv.bias, folded)))
+        weight, bias = cast(nn.Conv2d, conv).weight, cast(nn.Conv2d, conv).bias
+        folded = self._folded_kernel(weight, x)
+        y = relu(bn(upsample2x_conv3x3(x, weight, skip, bias, folded)))
         return self.conv2(y)
 
 

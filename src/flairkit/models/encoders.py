@@ -29,6 +29,7 @@ import sys
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -78,8 +79,9 @@ class TimmEncoder(nn.Module):
             features_only=True,
             out_indices=out_indices,
         )
-        self.out_channels: tuple[int, ...] = tuple(self.model.feature_info.channels())
-        self.strides: tuple[int, ...] = tuple(self.model.feature_info.reduction())
+        info: Any = self.model.feature_info  # timm's FeatureInfo (nn.Module attributes are untyped)
+        self.out_channels: tuple[int, ...] = tuple(info.channels())
+        self.strides: tuple[int, ...] = tuple(info.reduction())
         fmt = getattr(self.model, "output_fmt", "NCHW")
         self._is_channels_last = getattr(fmt, "value", fmt) == "NHWC"  # Swin returns NHWC
 
@@ -312,7 +314,8 @@ def load_pretrained(
         state = convert(state, full)
 
     ours = encoder.model.state_dict()
-    first = full.pretrained_cfg["first_conv"] + ".weight"
+    pretrained_cfg: Any = full.pretrained_cfg  # timm's dict (nn.Module attributes are untyped)
+    first = pretrained_cfg["first_conv"] + ".weight"
     renamed: dict[str, Tensor] = {}
     for key, value in state.items():
         flat = key.replace(".", "_", 1)  # see docstring: timm's feature-wrapper naming

@@ -11,6 +11,7 @@ the reference pairs them with the encoder stages by position, and so does this m
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -51,10 +52,10 @@ class MultiScaleFusion(nn.Module):
             ``len(out_channels)`` maps ``(B, out_channels[i], H_i, W_i)``.
         """
         reference = features[self.order[0]]
-        sizes = [tuple(f.shape[-2:]) for f in reference]
+        sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in reference]
         padded = {m: _pad_front(features[m], len(sizes)) for m in self.order}
         return [
-            self._fuse_stage(i, conv, size, [padded[m][i] for m in self.order])
+            self._fuse_stage(i, cast(nn.Conv2d, conv), size, [padded[m][i] for m in self.order])
             for i, (conv, size) in enumerate(zip(self.convs, sizes, strict=True))
         ]
 

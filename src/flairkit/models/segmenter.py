@@ -18,14 +18,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flairkit.sample import Batch
 from flairkit.modalities import Modality, Task
 from flairkit.models.fusion import MultiScaleFusion
+from flairkit.sample import Batch
+
+if TYPE_CHECKING:
+    from flairkit.config import ModelConfig
 
 
 def aux_key(modality: Modality, task: Task) -> str:
@@ -68,6 +72,9 @@ class MultiModalSegmenter(nn.Module):
         modality_dropout: probability of zeroing one modality's features in training.
     """
 
+    #: The ModelConfig it was built from, set by ``build_model`` (travels with the weights).
+    config: ModelConfig
+
     def __init__(
         self,
         encoders: Mapping[Modality, nn.Module],
@@ -86,7 +93,7 @@ class MultiModalSegmenter(nn.Module):
         self.heads = nn.ModuleDict({t.value: h for t, h in heads.items()})
         self.aux_heads = nn.ModuleDict(dict(aux_heads))
         self.tasks = dict(tasks)
-        self.out_size = tuple(out_size)
+        self.out_size = (int(out_size[0]), int(out_size[1]))
         self.modality_dropout = modality_dropout
 
     @property
@@ -105,7 +112,8 @@ class MultiModalSegmenter(nn.Module):
             batch: inputs per modality; dates and pad masks for time series.
             out_size: output (H, W); default the configured label grid.
         """
-        size = tuple(out_size or self.out_size)
+        height, width = out_size or self.out_size
+        size = (int(height), int(width))
         features: dict[Modality, list[Tensor]] = {}
         series_logits: dict[Modality, Tensor] = {}
         aux: dict[tuple[Modality, Task], Tensor] = {}

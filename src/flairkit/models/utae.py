@@ -27,12 +27,15 @@ import math
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+#: ``nn.Conv2d``'s padding modes.
+PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
 
 AggMode = Literal["att_group", "att_mean", "mean"]
 NormKind = Literal["group", "batch", "instance"]
@@ -108,7 +111,7 @@ class ConvNormReLU(nn.Sequential):
         kernel_size: int = 3,
         stride: int = 1,
         padding: int = 1,
-        padding_mode: str = "reflect",
+        padding_mode: PaddingMode = "reflect",
     ) -> None:
         """Build the three layers.
 
@@ -128,7 +131,7 @@ class ConvNormReLU(nn.Sequential):
 
 
 def conv_stack(
-    widths: Sequence[int], norm: NormKind = "batch", padding_mode: str = "reflect"
+    widths: Sequence[int], norm: NormKind = "batch", padding_mode: PaddingMode = "reflect"
 ) -> nn.Sequential:
     """3x3 ConvNormReLU layers going through ``widths`` (the last one keeps its ReLU too).
 
@@ -159,7 +162,7 @@ class DownBlock(nn.Module):
         stride: int,
         padding: int,
         norm: NormKind,
-        padding_mode: str,
+        padding_mode: PaddingMode,
     ) -> None:
         """Build the block.
 
@@ -199,7 +202,7 @@ class UpBlock(nn.Module):
         kernel_size: int,
         stride: int,
         padding: int,
-        padding_mode: str,
+        padding_mode: PaddingMode,
     ) -> None:
         """Build the block.
 
@@ -292,7 +295,8 @@ class SinusoidalDateEncoding(nn.Module):
 
     def forward(self, days: Tensor) -> Tensor:
         """(..., T) day offsets -> (..., T, dim * repeat): sin on even, cos on odd channels."""
-        angles = days[..., None].float() / self.denom  # (..., T, dim)
+        denom = cast(Tensor, self.denom)  # a buffer (nn.Module's __getattr__ is untyped)
+        angles = days[..., None].float() / denom  # (..., T, dim)
         enc = torch.where(
             torch.arange(angles.shape[-1], device=angles.device) % 2 == 0,
             torch.sin(angles),
@@ -502,7 +506,7 @@ class UTAE(nn.Module):
         d_model: int = 256,
         d_k: int = 4,
         pad_value: float = 0.0,
-        padding_mode: str = "reflect",
+        padding_mode: PaddingMode = "reflect",
         dropout: float = 0.2,
     ) -> None:
         """Build the network.

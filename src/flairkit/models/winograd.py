@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -114,7 +115,9 @@ class _WinogradConv3x3(torch.autograd.Function):
     """3x3 convolution, stride 1, padding 1, through Winograd F(m, 3)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, alg: _Algorithm) -> Tensor:
+    def forward(
+        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, alg: _Algorithm
+    ) -> Tensor:
         m, a = alg.tile_px, alg.tile_px + 2
         b, c_in, h, w = x.shape
         c_out = weight.shape[0]
@@ -138,7 +141,7 @@ class _WinogradConv3x3(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_y: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
         weight, u, v = ctx.saved_tensors
         alg = ctx.alg
         m, a = alg.tile_px, alg.tile_px + 2
@@ -253,6 +256,6 @@ def use_winograd(model: nn.Module, enabled: bool = True) -> int:
             module.__class__ = WinogradConv2d
             swapped += 1
         elif not enabled and type(module) is WinogradConv2d:
-            module.__class__ = nn.Conv2d
+            module.__class__ = nn.Conv2d  # type: ignore[assignment]  # swapping back to the base class is the point
             swapped += 1
     return swapped

@@ -14,8 +14,9 @@ warm-up is over (``SegmentationTask`` steps it after each validation and checkpo
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, SupportsFloat
 
+from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
@@ -46,7 +47,7 @@ class WarmupThenHold(LRScheduler):
         """True once the peak is reached."""
         return self.last_epoch >= self.steps
 
-    def get_lr(self) -> list[float]:
+    def get_lr(self) -> list[float | Tensor]:
         if self.last_epoch > self.steps:  # past the warm-up: hands off
             return [group["lr"] for group in self.optimizer.param_groups]
         fraction = self.last_epoch / self.steps if self.steps else 1.0
@@ -72,7 +73,8 @@ class PlateauAfterWarmup(ReduceLROnPlateau):
         super().__init__(optimizer, **kwargs)
         self.warmup = warmup
 
-    def step(self, metrics: Any, epoch: Any = None) -> None:  # noqa: D102
+    # ReduceLROnPlateau.step already breaks LRScheduler.step's signature (torch ignores it too)
+    def step(self, metrics: SupportsFloat, epoch: int | None = None) -> None:  # type: ignore[override]
         if self.warmup is None or self.warmup.done:
             super().step(metrics)
 
