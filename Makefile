@@ -10,11 +10,12 @@ DEMO_DIR ?= build/demo
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# torch/torchvision are pinned to the builds served from local disk; the rest from pyproject.toml.
-$(STAMP): pyproject.toml | $(PY)
+# torch/torchvision are pinned to the builds served from local disk; the rest from pyproject.toml,
+# with the type checker and its stubs pinned by .ci/constraints.txt.
+$(STAMP): pyproject.toml .ci/constraints.txt | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e ".[train,dev]"
+	$(PY) -m pip install --quiet -c .ci/constraints.txt -e ".[train,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -34,11 +35,13 @@ demo: install
 	@echo "demo map (COG): $(abspath build/zone/map/cosia.tif)"
 	@echo "demo map preview: $(abspath build/zone/map/cosia_preview.png)"
 
+# Type check first (config: [tool.mypy] in pyproject.toml), then the tests.
 test: install
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 
 bench: install
 	$(PY) bench/loading.py
 
 clean:
-	rm -rf build .pytest_cache
+	rm -rf build .pytest_cache .mypy_cache
