@@ -13,6 +13,7 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import re
@@ -111,7 +112,19 @@ def _add_show(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--modalities", nargs="+", help="modalities to read (default: all present)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--png", type=Path, help="write a figure of the patch here")
-    p.add_argument("--lpis-level", type=int, default=1, choices=[1, 2, 3], help="LPIS level drawn")
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="RUN.yaml",
+        help="a run config: show its preprocess section's cloud filter, DEM channels, LPIS "
+        "level and bands, what its model sees (default: the benchmark's)",
+    )
+    p.add_argument(
+        "--lpis-level",
+        type=int,
+        choices=[1, 2, 3],
+        help="LPIS level drawn (default: the config's preprocess.lpis_level, else 1)",
+    )
 
 
 def _add_models(sub: argparse._SubParsersAction) -> None:
@@ -317,8 +330,15 @@ def _run_show(args: argparse.Namespace) -> int:
     from flairkit.io.catalog import Catalog, file_problem
     from flairkit.io.dates import DatesIndex
     from flairkit.io.patches import read_patch
-    from flairkit.show import DISPLAY_ORDER, describe_patch, format_description, plot_patch
+    from flairkit.show import (
+        DISPLAY_ORDER,
+        describe_patch,
+        format_description,
+        load_show_preprocessor,
+        plot_patch,
+    )
 
+    preprocessor = load_show_preprocessor(args.config)  # a bad config fails before any read
     catalog = Catalog.open(args.root, split=None)
     if not catalog.refs:
         raise DataError(f"{args.root}: no patch found")
@@ -342,9 +362,10 @@ def _run_show(args: argparse.Namespace) -> int:
         DatesIndex(catalog.root or args.root) if any(m.spec.is_time_series for m in mods) else None
     )
     raw = read_patch(ref, mods, dates)
-    desc = describe_patch(raw, missing=missing)
+    desc = describe_patch(raw, preprocessor, missing=missing)
     if args.png:
-        desc["png"] = str(plot_patch(raw, args.png, lpis_level=args.lpis_level))
+        png = plot_patch(raw, args.png, preprocessor=preprocessor, lpis_level=args.lpis_level)
+        desc["png"] = str(png)
     if args.json:
         print(json.dumps(desc, indent=2))
     else:
@@ -418,8 +439,10 @@ def _run_map(args: argparse.Namespace) -> int:
     from flairkit.config import load_zone_config
     from flairkit.inference.shard import rank_from_env
     from flairkit.inference.zonal import merge_zone, predict_zone
+    from flairkit.io.writers import MapOutputs
 
     cfg = load_zone_config(args.config, args.overrides)
+    outputs: MapOutputs | None  # None: this rank wrote its pieces, a --merge assembles them
     try:
         if args.merge:
             if args.world_size is None:
@@ -511,6 +534,25 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split())  # several lines (GDAL, Lightning) fold into one
 
 
+#: Subcommands that train or evaluate with Lightning, and what they need beyond the base install:
+#: the ``train`` extra (``pip install 'flairkit[train]'``). Every other subcommand runs without it.
+TRAINING_COMMANDS = frozenset({"fit", "validate", "test", "predict"})
+TRAINING_EXTRA = ("lightning", "torchmetrics", "tensorboard")
+
+
+def _missing_training_modules() -> list[str]:
+    """The modules of the ``train`` extra that cannot be imported (without importing them)."""
+    missing = []
+    for name in TRAINING_EXTRA:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a finder refused it, or a broken half-import
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code.
 
@@ -524,6 +566,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Lightning gives its "lightning" logger a handler of its own: without this its messages
     # would also reach ours and print twice.
     logging.getLogger("lightning").propagate = False
+    if args.command in TRAINING_COMMANDS and (missing := _missing_training_modules()):
+        print(
+            f"flairkit {args.command} needs the training extra: pip install 'flairkit[train]' "
+            f"(missing: {', '.join(missing)})",
+            file=sys.stderr,
+        )
+        return 2
     try:
         return _COMMANDS[args.command](args)
     except KeyboardInterrupt:
