@@ -7,6 +7,7 @@ Facts come from ``shared/flairhub-format.md`` (section numbers in comments).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -55,6 +56,21 @@ class Modality(str, Enum):
                 return m
         valid = ", ".join(f"{m.value} ({'/'.join(m.spec.aliases)})" for m in cls)
         raise ValueError(f"unknown modality {name!r}; valid: {valid}")
+
+    def band_indices(self, names: Sequence[str]) -> list[int]:
+        """0-based positions of bands in this modality's files, looked up by name.
+
+        ``Modality.AERIAL_RGBI.band_indices(("NIR", "R", "G"))`` is ``[3, 0, 1]``. For a time
+        series the positions are within one date.
+
+        Raises:
+            ValueError: a name is not a band of this modality; the message lists the valid ones.
+        """
+        bands = self.spec.bands
+        unknown = [n for n in names if n not in bands]
+        if unknown:
+            raise ValueError(f"{self.value}: unknown band(s) {unknown}; valid: {list(bands)}")
+        return [bands.index(n) for n in names]
 
 
 class Task(str, Enum):

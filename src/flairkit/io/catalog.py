@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flairkit.io.patches import PatchRef, read_csv_lists, scan_root
+from flairkit.io.patches import PatchRef, department_of, read_csv_lists, scan_root
 from flairkit.io.raster import DataError, read_text_file
 from flairkit.modalities import (
     METADATA_DIR,
@@ -409,7 +409,7 @@ def file_problem(path: str | Path) -> str | None:
 
 def card_split(patch_id: str, val_fraction: float = 0.25) -> str | None:
     """Split of a patch by the dataset card's department lists (None: unknown department)."""
-    domain = patch_id.split("-", 1)[0]
+    domain = department_of(patch_id)
     if domain in TEST_DOMAINS:
         return "test"
     if domain not in TRAINVAL_DOMAINS:

@@ -18,19 +18,22 @@ from pathlib import Path
 
 import numpy as np
 
-from flairkit.sample import RawSample
 from flairkit.io.dates import DatesIndex
 from flairkit.io.raster import DataError, count_nonfinite, read_geotiff, read_text_file
-from flairkit.sample import Georef
 from flairkit.io.threads import default_num_threads, thread_pool
 from flairkit.modalities import HISTORICAL_YEAR, Modality
+from flairkit.sample import Georef, RawSample
 
 log = logging.getLogger(__name__)
 
+#: ``D`` and 3-digit département codes, several for merged départements (spec section 1.3).
+_DOMAIN = r"D(?:\d{3})+"
 _FOLDER_RE = re.compile(
-    r"^(?P<domain>D\d{3,})-(?P<year>\d{4}|195X)_(?P<mod>[A-Z0-9-]+_[A-Z0-9-]+)$"
+    rf"^(?P<domain>{_DOMAIN})-(?P<year>\d{{4}}|195X)_(?P<mod>[A-Z0-9-]+_[A-Z0-9-]+)$"
 )
-_PATCH_ID_RE = re.compile(r"^(?P<domain>D\d{3,})-(?P<year>\d{4})_(?P<roi>[^_]+)_(?P<rc>\d+-\d+)$")
+_PATCH_ID_RE = re.compile(
+    rf"^(?P<domain>{_DOMAIN})-(?P<year>\d{{4}}|195X)_(?P<roi>[^_]+)_(?P<rc>\d+-\d+)$"
+)
 _MODALITY_BY_KEY = {m.value: m for m in Modality}
 # Shared instances: a catalog of 241,100 patches holds a handful of distinct modality sets.
 _INTERNED: dict[frozenset[Modality], frozenset[Modality]] = {}
@@ -39,6 +42,78 @@ _INTERNED: dict[frozenset[Modality], frozenset[Modality]] = {}
 def _intern(mods: Iterable[Modality]) -> frozenset[Modality]:
     key = frozenset(mods)
     return _INTERNED.setdefault(key, key)
+
+
+@dataclass(frozen=True, slots=True)
+class PatchId:
+    """The parts of a patch id ``<DOMAIN>-<YEAR>_<ROI>_<ROW>-<COL>`` (spec section 1.3).
+
+    Attributes:
+        domain: ``D`` and one 3-digit département code, or several concatenated for merged
+            départements: ``D006``, ``D024047``.
+        year: aerial survey year ``YYYY``, or ``195X`` in a historical file's name.
+        roi: region of interest, e.g. ``FF-S1-14``.
+        row_col: ``<ROW>-<COL>`` as written in the id (file names repeat it verbatim).
+    """
+
+    domain: str
+    year: str
+    roi: str
+    row_col: str
+
+    @property
+    def row(self) -> int:
+        """1-based row of the patch in its ROI."""
+        return int(self.row_col.split("-", 1)[0])
+
+    @property
+    def col(self) -> int:
+        """1-based column of the patch in its ROI."""
+        return int(self.row_col.split("-", 1)[1])
+
+    @property
+    def departments(self) -> tuple[str, ...]:
+        """The 3-digit département codes of the domain: ``("024", "047")`` for ``D024047``."""
+        digits = self.domain[1:]
+        return tuple(digits[i : i + 3] for i in range(0, len(digits), 3))
+
+    @property
+    def domain_year(self) -> str:
+        """E.g. ``D006-2020``."""
+        return f"{self.domain}-{self.year}"
+
+    @property
+    def zone_id(self) -> str:
+        """``<DOMAIN>-<YEAR>_<ROI>``."""
+        return f"{self.domain}-{self.year}_{self.roi}"
+
+
+def parse_patch_id(patch_id: str, historical: bool = False) -> PatchId:
+    """Split a patch id into its parts: the one place that reads the id grammar.
+
+    Args:
+        patch_id: ``<DOMAIN>-<YEAR>_<ROI>_<ROW>-<COL>``, e.g. ``D006-2020_FF-S1-14_5-5``.
+        historical: also accept ``195X`` as the year (ids taken from historical file names).
+
+    Raises:
+        ValueError: the id breaks the grammar (the message quotes it).
+    """
+    match = _PATCH_ID_RE.match(patch_id)
+    if match is None or (match["year"] == HISTORICAL_YEAR and not historical):
+        raise ValueError(
+            f"patch id {patch_id!r} is not <DOMAIN>-<YEAR>_<ROI>_<ROW>-<COL> "
+            "(DOMAIN is D and 3-digit département codes, e.g. D006-2020_FF-S1-14_5-5)"
+        )
+    return PatchId(match["domain"], match["year"], match["roi"], match["rc"])
+
+
+def department_of(patch_id: str) -> str:
+    """The département (domain) code of a patch, e.g. ``D006`` or ``D024047``.
+
+    Raises:
+        ValueError: the id breaks the patch id grammar.
+    """
+    return parse_patch_id(patch_id).domain
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,42 +134,39 @@ class PatchRef:
     split: str | None = None
     explicit_paths: tuple[tuple[Modality, str], ...] = field(default=(), compare=False)
 
-    def _parts(self) -> re.Match[str]:
-        match = _PATCH_ID_RE.match(self.patch_id)
-        if match is None:
-            raise ValueError(f"patch id {self.patch_id!r} is not <DOMAIN>-<YEAR>_<ROI>_<ROW>-<COL>")
-        return match
+    def _parts(self) -> PatchId:
+        return parse_patch_id(self.patch_id)
 
     @property
     def domain(self) -> str:
         """Département code, e.g. ``D006`` or ``D024047``."""
-        return self.patch_id.split("-", 1)[0]
+        return department_of(self.patch_id)
 
     @property
     def year(self) -> str:
         """Aerial survey year, e.g. ``2020``."""
-        return self._parts()["year"]
+        return self._parts().year
 
     @property
     def domain_year(self) -> str:
         """E.g. ``D006-2020``."""
-        return self.patch_id.split("_", 1)[0]
+        return self._parts().domain_year
 
     @property
     def roi(self) -> str:
         """Region of interest, e.g. ``FF-S1-14``."""
-        return self._parts()["roi"]
+        return self._parts().roi
 
     @property
     def zone_id(self) -> str:
         """``<DOMAIN>-<YEAR>_<ROI>``: patches of one zone share their Sentinel dates."""
-        return self.patch_id.rsplit("_", 1)[0]
+        return self._parts().zone_id
 
     @property
     def row_col(self) -> tuple[int, int]:
         """1-based (row, col) of the patch in its ROI."""
-        row, col = self._parts()["rc"].split("-")
-        return int(row), int(col)
+        parts = self._parts()
+        return parts.row, parts.col
 
     def path(self, modality: Modality) -> Path:
         """The file of a modality (whether or not it exists)."""
@@ -114,12 +186,10 @@ class PatchRef:
 
 def standard_relpath(patch_id: str, modality: Modality) -> str:
     """Path of a patch's file relative to the root, following the official grammar."""
-    match = _PATCH_ID_RE.match(patch_id)
-    if match is None:
-        raise ValueError(f"patch id {patch_id!r} is not <DOMAIN>-<YEAR>_<ROI>_<ROW>-<COL>")
-    year = HISTORICAL_YEAR if modality is Modality.AERIAL_PAN else match["year"]
-    folder = f"{match['domain']}-{year}_{modality.value}"
-    return f"{folder}/{match['roi']}/{folder}_{match['roi']}_{match['rc']}.tif"
+    parts = parse_patch_id(patch_id)
+    year = HISTORICAL_YEAR if modality is Modality.AERIAL_PAN else parts.year
+    folder = f"{parts.domain}-{year}_{modality.value}"
+    return f"{folder}/{parts.roi}/{folder}_{parts.roi}_{parts.row_col}.tif"
 
 
 def parse_file_name(name: str) -> tuple[str, Modality] | None:
@@ -166,7 +236,7 @@ def scan_root(root: str | Path, progress: bool = False) -> list[PatchRef]:
             f"{root}: no <DOMAIN>-<YEAR>_<MODALITY> folder found; is this a FLAIR-HUB root?"
         )
     found: dict[str, set[Modality]] = {}
-    historical: set[str] = set()  # "<DOMAIN>_<ROI>_<RC>" of every 195X file
+    historical: set[tuple[str, str, str]] = set()  # (domain, ROI, row-col) of each 195X file
     iterator: Iterable = folders
     if progress:
         from tqdm import tqdm
@@ -182,20 +252,28 @@ def scan_root(root: str | Path, progress: bool = False) -> list[PatchRef]:
                 if parsed is None or parsed[1] is not modality:
                     continue
                 patch_id = parsed[0]
+                try:
+                    parts = parse_patch_id(patch_id, historical=modality is Modality.AERIAL_PAN)
+                except ValueError:
+                    log.debug("%s: not an official file name, skipped", file_entry.path)
+                    continue
                 if modality is Modality.AERIAL_PAN:
-                    domain, rest = patch_id.split("-", 1)
-                    historical.add(f"{domain}_{rest.split('_', 1)[1]}")
+                    historical.add(_historical_key(parts))
                 else:
                     found.setdefault(patch_id, set()).add(modality)
     refs = []
     for patch_id in sorted(found):
         mods = found[patch_id]
-        domain, rest = patch_id.split("-", 1)
-        if f"{domain}_{rest.split('_', 1)[1]}" in historical:
+        if _historical_key(parse_patch_id(patch_id)) in historical:
             mods.add(Modality.AERIAL_PAN)
         refs.append(PatchRef(patch_id, str(root), _intern(mods)))
     log.info("scanned %s: %d patches in %d folders", root, len(refs), len(folders))
     return refs
+
+
+def _historical_key(parts: PatchId) -> tuple[str, str, str]:
+    """What a patch shares with its domain's historical (``195X``) file: all but the year."""
+    return parts.domain, parts.roi, parts.row_col
 
 
 def read_csv_lists(paths: Sequence[str | Path], root: str | Path | None = None) -> list[PatchRef]:
@@ -262,10 +340,10 @@ def _ref_from_csv_row(
     split: str | None,
     csv_path: Path,
 ) -> PatchRef:
-    if not _PATCH_ID_RE.match(patch_id):
-        raise DataError(
-            f"{csv_path}: patch id {patch_id!r} is not <DOMAIN>-<YEAR>_<ROI>_<ROW>-<COL>"
-        )
+    try:
+        parse_patch_id(patch_id)
+    except ValueError as exc:
+        raise DataError(f"{csv_path}: {exc}") from None
     # Plain string paths: pathlib costs ~1 ms a row here, minutes for the 241,100 rows.
     base_str = str(base)
     paths: dict[Modality, str] = {}

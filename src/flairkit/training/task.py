@@ -16,11 +16,12 @@ import torch
 from torch import Tensor, nn
 
 from flairkit.config import LossConfig, ModelConfig, OptimConfig, PreprocessConfig, to_dict
-from flairkit.sample import Batch
+from flairkit.io.patches import department_of
 from flairkit.memory import reuse_freed_memory
 from flairkit.metrics import ConfusionMatrix, scores
 from flairkit.modalities import Task
 from flairkit.models.build import build_model
+from flairkit.sample import Batch
 from flairkit.training.losses import MultiTaskLoss
 from flairkit.training.schedules import PlateauAfterWarmup, WarmupThenHold
 
@@ -129,7 +130,7 @@ class SegmentationTask(L.LightningModule):
     def _evaluate(self, batch: Batch, stage: str) -> Tensor:
         out = self.model.forward_all(batch)
         loss, _ = self.criterion(out.logits, batch.labels, out.aux)
-        groups = [pid.split("-", 1)[0] for pid in batch.patch_ids]  # department of each patch
+        groups = [department_of(pid) for pid in batch.patch_ids]
         for task in self.tasks:
             pred = out.logits[task].argmax(dim=1)
             self.matrices[stage][task.name].update(batch.labels[task], pred, groups)

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from flairkit.config import CloudFilterConfig, ConfigError, ModalityConfig, PreprocessConfig
-from flairkit.sample import RawSample, Sample
 from flairkit.io.dates import day_offsets
 from flairkit.io.raster import DataError, count_nonfinite
 from flairkit.modalities import LABEL_MODALITIES, NORM_STATS, Modality, Task
-from flairkit.transforms.timeseries import filter_dates, temporal_average
+from flairkit.sample import RawSample, Sample
+from flairkit.transforms.timeseries import clear_fraction, filter_dates, temporal_average
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def _plan(modality: Modality, cfg: ModalityConfig, dem_mode: str) -> _Plan:
             raise ConfigError(
                 f"{where}.bands: unknown band(s) {unknown}; valid: {list(spec.bands)}"
             )
-        band_index = np.array([spec.bands.index(b) for b in cfg.bands])
+        band_index = np.array(modality.band_indices(cfg.bands))
     offset = inv_scale = None
     if cfg.norm == "custom":
         mean, std = cfg.mean, cfg.std
@@ -137,17 +137,71 @@ class Preprocessor:
         cfg: CloudFilterConfig = self.config.cloud_filter
         if not cfg.enabled:
             return np.arange(series.shape[0])
+        return filter_dates(self._s2_mask(raw), cfg)
+
+    def clear_fraction(self, raw: RawSample) -> np.ndarray:
+        """Per S2 date, the fraction of pixels clear under the cloud filter's thresholds.
+
+        A date is kept when at least ``1 - max_cover_fraction`` of it is clear (before the
+        filter's fallback). Computed whether or not filtering is enabled.
+
+        Raises:
+            ValueError: the sample has no S2 mask.
+        """
+        cfg: CloudFilterConfig = self.config.cloud_filter
+        return clear_fraction(self._s2_mask(raw), cfg.max_cloud, cfg.max_snow)
+
+    def _s2_mask(self, raw: RawSample) -> np.ndarray:
         mask = raw.arrays.get(Modality.SENTINEL2_MSK)
         if mask is None:
             raise ValueError(
                 f"{raw.patch_id}: S2 cloud filtering needs {Modality.SENTINEL2_MSK.value}; "
                 "read it or set cloud_filter.enabled: false"
             )
-        if mask.shape[0] != series.shape[0]:
+        series = raw.arrays.get(Modality.SENTINEL2_TS)
+        if series is not None and mask.shape[0] != series.shape[0]:
             raise ValueError(
                 f"{raw.patch_id}: S2 has {series.shape[0]} dates but its mask has {mask.shape[0]}"
             )
-        return filter_dates(mask, cfg)
+        return mask
+
+    def dem_channels(self, raw: RawSample) -> tuple[tuple[str, ...], np.ndarray]:
+        """The DEM channels the model gets, before normalisation (``config.dem``).
+
+        Returns:
+            Their names (``DEM_CHANNELS``) and a (C, H, W) float32 array in metres.
+
+        Raises:
+            ValueError: the sample has no DEM.
+        """
+        data = raw.arrays.get(Modality.DEM_ELEV)
+        if data is None:
+            raise ValueError(f"{raw.patch_id}: {Modality.DEM_ELEV.value} was not read")
+        return DEM_CHANNELS[self.config.dem], self._dem(data)
+
+    def label(self, raw: RawSample, task: Task, lpis_level: int | None = None) -> np.ndarray:
+        """A task's target as class indices, (H, W): the LPIS band at ``config.lpis_level``.
+
+        Args:
+            raw: the sample, with the task's label file read.
+            task: which label.
+            lpis_level: another LPIS level (1, 2 or 3) to read instead of the configured one.
+
+        Returns:
+            uint8, or int64 for a wider label dtype (torch lacks full uint16/uint32 support).
+
+        Raises:
+            ValueError: the label was not read, or the level is not 1, 2 or 3.
+        """
+        data = raw.arrays.get(task.modality)
+        if data is None:
+            raise ValueError(f"{raw.patch_id}: {task.modality.value} was not read")
+        level = self.config.lpis_level if lpis_level is None else lpis_level
+        if level not in (1, 2, 3):
+            raise ValueError(f"LPIS level must be 1, 2 or 3, got {level}")
+        band = level - 1 if task is Task.LPIS else 0
+        label = np.ascontiguousarray(data[band])
+        return label if label.dtype == np.uint8 else label.astype(np.int64)
 
     def __call__(self, raw: RawSample) -> Sample:
         """Preprocess one sample.
@@ -186,7 +240,7 @@ class Preprocessor:
                 elif plan.band_index is not None:
                     data = data[plan.band_index]
                 inputs[modality] = torch.from_numpy(self._normalise(data, plan, axis=0))
-        labels = {task: torch.from_numpy(self._label(raw, task)) for task in self.config.tasks}
+        labels = {task: torch.from_numpy(self.label(raw, task)) for task in self.config.tasks}
         bounds, crs = self._footprint(raw)
         return Sample(raw.patch_id, inputs, dates, labels, bounds, crs)
 
@@ -249,15 +303,6 @@ class Preprocessor:
         out = np.subtract(values, plan.offset.reshape(shape), dtype=np.float32)
         out *= plan.inv_scale.reshape(shape)
         return out
-
-    def _label(self, raw: RawSample, task: Task) -> np.ndarray:
-        data = raw.arrays.get(task.modality)
-        if data is None:
-            raise ValueError(f"{raw.patch_id}: {task.modality.value} was not read")
-        band = self.config.lpis_level - 1 if task is Task.LPIS else 0
-        label = np.ascontiguousarray(data[band])
-        # torch has no full uint16/uint32 support: anything wider than uint8 becomes int64.
-        return label if label.dtype == np.uint8 else label.astype(np.int64)
 
     @staticmethod
     def _footprint(raw: RawSample) -> tuple[tuple[float, float, float, float] | None, str | None]:
