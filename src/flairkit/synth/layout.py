@@ -19,6 +19,7 @@ from types import MappingProxyType
 
 import numpy as np
 
+from flairkit.io.patches import department_of
 from flairkit.modalities import (
     HISTORICAL_YEAR,
     PATCH_SIZE_M,
@@ -278,7 +279,7 @@ def _assign_splits(refs: Sequence[_PatchRef], seed: int) -> dict[str, dict[str, 
     for r in refs:
         by_domain_year.setdefault(r.domain_year.name, []).append(r.patch_id)
     for dy_name, ids in by_domain_year.items():
-        domain = dy_name.split("-")[0]
+        domain = department_of(ids[0])
         if domain in TEST_DOMAINS:
             values = ["test"] * len(ids)
         else:
