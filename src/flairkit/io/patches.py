@@ -98,13 +98,19 @@ def parse_patch_id(patch_id: str, historical: bool = False) -> PatchId:
     Raises:
         ValueError: the id breaks the grammar (the message quotes it).
     """
+    match = _match_patch_id(patch_id, historical)
+    return PatchId(match["domain"], match["year"], match["roi"], match["rc"])
+
+
+def _match_patch_id(patch_id: str, historical: bool = False) -> re.Match[str]:
+    """``parse_patch_id`` without building a PatchId: for paths of millions of files."""
     match = _PATCH_ID_RE.match(patch_id)
     if match is None or (match["year"] == HISTORICAL_YEAR and not historical):
         raise ValueError(
             f"patch id {patch_id!r} is not <DOMAIN>-<YEAR>_<ROI>_<ROW>-<COL> "
             "(DOMAIN is D and 3-digit département codes, e.g. D006-2020_FF-S1-14_5-5)"
         )
-    return PatchId(match["domain"], match["year"], match["roi"], match["rc"])
+    return match
 
 
 def department_of(patch_id: str) -> str:
@@ -113,7 +119,7 @@ def department_of(patch_id: str) -> str:
     Raises:
         ValueError: the id breaks the patch id grammar.
     """
-    return parse_patch_id(patch_id).domain
+    return _match_patch_id(patch_id)["domain"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,10 +192,10 @@ class PatchRef:
 
 def standard_relpath(patch_id: str, modality: Modality) -> str:
     """Path of a patch's file relative to the root, following the official grammar."""
-    parts = parse_patch_id(patch_id)
-    year = HISTORICAL_YEAR if modality is Modality.AERIAL_PAN else parts.year
-    folder = f"{parts.domain}-{year}_{modality.value}"
-    return f"{folder}/{parts.roi}/{folder}_{parts.roi}_{parts.row_col}.tif"
+    match = _match_patch_id(patch_id)
+    year = HISTORICAL_YEAR if modality is Modality.AERIAL_PAN else match["year"]
+    folder = f"{match['domain']}-{year}_{modality.value}"
+    return f"{folder}/{match['roi']}/{folder}_{match['roi']}_{match['rc']}.tif"
 
 
 def parse_file_name(name: str) -> tuple[str, Modality] | None:
