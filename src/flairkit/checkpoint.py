@@ -137,8 +137,36 @@ def _checked_recipe(path: Path, recipe: Any) -> dict[str, Any]:
     return recipe
 
 
+def read_model_recipe(path: str | Path) -> tuple[ModelConfig, PreprocessConfig]:
+    """The ModelConfig and PreprocessConfig of a flairkit model file; no network is built.
+
+    The configs are those ``load_model`` builds its network from (``pretrained_path`` cleared).
+
+    Raises:
+        FileNotFoundError: no such file.
+        WeightsError: not a flairkit model file, a damaged one, or a bad recipe (with the
+            dotted key); one line that starts with the path.
+    """
+    path = existing_file(path, "model file")
+    return _recipe_configs(path, read_recipe(path))
+
+
+def _recipe_configs(path: Path, recipe: Mapping[str, Any]) -> tuple[ModelConfig, PreprocessConfig]:
+    try:
+        model_config = from_dict(ModelConfig, recipe["model"], "model")
+        preprocess = from_dict(PreprocessConfig, recipe["preprocess"], "preprocess")
+    except ValueError as exc:  # ConfigError, with the dotted key
+        raise WeightsError(f"{path}: bad recipe: {exc}") from exc
+    # The file's weights replace any pretrained backbone: its pretrained_path (a file of the
+    # machine that trained it) is not read.
+    return dataclasses.replace(model_config, pretrained_path=None), preprocess
+
+
 def load_model(path: str | Path) -> tuple[MultiModalSegmenter, PreprocessConfig]:
     """Build the model a flairkit file describes and load its weights (strict).
+
+    The one loader of a model for inference: ``flairkit test`` and ``predict`` wrap the network
+    it returns (``SegmentationTask.from_network``), maps prune it (``inference.predictor``).
 
     Args:
         path: ``.safetensors`` from ``save_model`` or a ``.ckpt`` from ``flairkit fit``.
@@ -159,14 +187,7 @@ def load_model(path: str | Path) -> tuple[MultiModalSegmenter, PreprocessConfig]
         checkpoint = read_torch_file(path)  # read once: it holds both the recipe and weights
         recipe = _checkpoint_recipe(path, checkpoint)
         state = _checkpoint_state(path, checkpoint)
-    try:
-        model_config = from_dict(ModelConfig, recipe["model"], "model")
-        preprocess = from_dict(PreprocessConfig, recipe["preprocess"], "preprocess")
-    except ValueError as exc:  # ConfigError, with the dotted key
-        raise WeightsError(f"{path}: bad recipe: {exc}") from exc
-    # The file's weights replace any pretrained backbone: its pretrained_path (a file of the
-    # machine that trained it) is not read.
-    model_config = dataclasses.replace(model_config, pretrained_path=None)
+    model_config, preprocess = _recipe_configs(path, recipe)
     try:
         model = build_model(model_config)
     except Exception as exc:  # values the config accepts but the layers do not

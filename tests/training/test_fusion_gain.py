@@ -25,8 +25,8 @@ import yaml
 
 from flairkit.config import RunConfig, load_run_config
 from flairkit.metrics import scores
-from flairkit.modalities import Task
-from flairkit.synth import make_synthetic_flairhub
+from flairkit.modalities import Modality, Task
+from flairkit.synth import make_synthetic_flairhub, synthetic_px_by_modality
 from flairkit.training.run import evaluate, fit, make_datamodule
 
 LPIS = Task.LPIS.value
@@ -59,7 +59,9 @@ def write_config(path: Path, root: Path, out: Path, with_s2: bool) -> RunConfig:
             "out_conv": [32, 23],
         }
     model["inputs"] = inputs
-    model["img_sizes"] = {m: 64 for m in inputs}  # replaced by the data's sizes in fit
+    # the data's sizes (S2 is 2 px here): fit checks the patches against them
+    px = synthetic_px_by_modality(SYNTH["aerial_px"])
+    model["img_sizes"] = {m: px[Modality(m)] for m in inputs}
     config = {
         "data": {"root": str(root), "batch_size": 8, "num_workers": 0, "augment": False},
         "model": model,

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from flairkit.config import ConfigError, ModelConfig, PreprocessConfig, from_dict
-from flairkit.sample import Batch
+from flairkit.config import ConfigError, ModelConfig, PreprocessConfig
 from flairkit.modalities import Modality, Task
 from flairkit.models.segmenter import MultiModalSegmenter
+from flairkit.sample import Batch
 
 
 @dataclass(frozen=True)
@@ -64,21 +64,20 @@ def load_zone_model(path: str | Path, with_network: bool = True) -> ZoneModel:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a flairkit model file.
+        ValueError: not a flairkit model file (``models.official.WeightsError``).
     """
-    from flairkit.checkpoint import load_model, read_recipe
+    # the loaders of test and predict too: one way to read a model file
+    from flairkit.checkpoint import load_model, read_model_recipe
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model file not found (config key: model)")
+    network: MultiModalSegmenter | None = None
     if with_network:
         network, preprocess = load_model(path)
         model_config = network.config
     else:
-        recipe = read_recipe(path)
-        model_config = from_dict(ModelConfig, recipe["model"], "model")
-        preprocess = from_dict(PreprocessConfig, recipe["preprocess"], "preprocess")
-        network = None
+        model_config, preprocess = read_model_recipe(path)
     return ZoneModel(network, model_config, preprocess, file_digest(path))
 
 
@@ -101,7 +100,9 @@ def inference_network(network: nn.Module, task: Task) -> nn.Module:
         network.tasks,
         network.out_size,
     )
-    pruned.config = getattr(network, "config", None)
+    config = getattr(network, "config", None)  # absent on a network not from build_model
+    if config is not None:
+        pruned.config = config
     return pruned.eval()
 
 

@@ -140,7 +140,8 @@ def _tifffile_georef(page: tifffile.TiffPage, width: int, height: int) -> Georef
         sx, sy = scale.value[0], scale.value[1]
         i, j, _, x, y, _ = tie.value
         transform = (sx, 0.0, x - i * sx, 0.0, -sy, y + j * sy)
-    return Georef(f"EPSG:{int(code)}", tuple(float(v) for v in transform), width, height)
+    a, b, c, d, e, f = (float(v) for v in transform)
+    return Georef(f"EPSG:{int(code)}", (a, b, c, d, e, f), width, height)
 
 
 def _parse_geokeys(values: tuple[int, ...]) -> dict[int, int]:
@@ -179,6 +180,32 @@ def _read_with_tifffile(path: Path) -> tuple[np.ndarray, Georef] | None:
     elif page.planarconfig == 1:  # contiguous (pixel-interleaved): (H, W, S) -> (S, H, W)
         data = np.ascontiguousarray(np.moveaxis(data, -1, 0))
     return data, georef
+
+
+def read_patch_px(path: str | Path, modality: Modality) -> tuple[int, int]:
+    """Width and height in pixels of a modality's GeoTIFF, from its header (no pixel is read).
+
+    What ``flairkit fit`` sizes a model with when the config leaves a size open, and what
+    checks a patch against the model before any batch is read.
+
+    Args:
+        path: the GeoTIFF.
+        modality: what the file holds (named in messages).
+
+    Returns:
+        ``(width, height)``.
+
+    Raises:
+        DataError: the file is missing or not a readable GeoTIFF.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {modality.value} file is missing")
+    try:
+        with rasterio.open(path) as src:
+            return int(src.width), int(src.height)
+    except RasterioIOError as exc:
+        raise DataError(f"{path}: unreadable GeoTIFF ({exc})") from exc
 
 
 def read_geotiff(path: str | Path, modality: Modality) -> tuple[np.ndarray, Georef]:

@@ -16,9 +16,9 @@ import json
 import logging
 import os
 import zipfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -29,9 +29,20 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from flairkit.checkpoint import NonFiniteWeightsError, load_model, nonfinite_tensors, save_model
-from flairkit.config import ConfigError, LossConfig, RunConfig, save_run_config
+from flairkit.config import (
+    ConfigError,
+    LossConfig,
+    ModelConfig,
+    PreprocessConfig,
+    RunConfig,
+    load_yaml,
+    save_run_config,
+)
 from flairkit.data.datamodule import FlairDataModule
+from flairkit.data.datasets import PatchSizes
 from flairkit.io.catalog import Catalog
+from flairkit.io.patches import PatchRef
+from flairkit.io.raster import read_patch_px
 from flairkit.io.writers import write_class_map
 from flairkit.modalities import Task, class_table
 from flairkit.models.presets import get_preset
@@ -75,7 +86,7 @@ def make_catalog(cfg: RunConfig) -> Catalog:
 
 
 def make_datamodule(
-    cfg: RunConfig, catalog: Catalog | None = None, preprocess=None
+    cfg: RunConfig, catalog: Catalog | None = None, preprocess: PreprocessConfig | None = None
 ) -> FlairDataModule:
     """The DataModule of a run."""
     return FlairDataModule(
@@ -87,17 +98,59 @@ def make_datamodule(
     )
 
 
-def sizes_from_data(datamodule: FlairDataModule, split: str = "train") -> tuple[dict, int]:
-    """Patch side in pixels of each input, and of the label grid, read from one sample."""
-    datamodule.setup()
-    dataset = datamodule.datasets[split]
-    if len(dataset) == 0:
+#: ``model.out_px`` when a config leaves it out: a config giving another value pins it.
+DEFAULT_OUT_PX: int = cast(int, next(f.default for f in fields(ModelConfig) if f.name == "out_px"))
+
+
+def model_sizes(cfg: RunConfig, catalog: Catalog) -> PatchSizes:
+    """The patch sizes of a run's model, known before any pixel is read.
+
+    Each input takes ``model.img_sizes`` (given in the config, or by its preset). The label
+    grid is ``model.out_px`` when the config sets it to another value than the default 512;
+    otherwise it follows from the input of finest native GSD through the modality tables (the
+    label files' GSD over that input's): 64 px aerial or DEM patches give a 64 px grid, 64 px
+    SPOT patches 512 px. Where the tables give no whole number of pixels (Sentinel alone on
+    resampled patches), the header of the first training label decides; no pixel is read.
+
+    Raises:
+        ValueError: the train split is empty and a size has to be read from it.
+        DataError: that label file is missing or unreadable.
+    """
+    img_sizes = {m: cfg.model.img_sizes[m] for m in cfg.model.inputs}
+    if cfg.model.out_px != DEFAULT_OUT_PX:
+        return PatchSizes(img_sizes, cfg.model.out_px)
+    label = next(iter(cfg.model.tasks)).modality
+    finest = min(img_sizes, key=lambda m: m.spec.native_gsd_m)
+    out_px = img_sizes[finest] * finest.spec.native_gsd_m / label.spec.native_gsd_m
+    if abs(out_px - round(out_px)) < 1e-6 and round(out_px) > 0:
+        return PatchSizes(img_sizes, round(out_px))
+    width, _ = read_patch_px(_first_patch(catalog).path(label), label)
+    return PatchSizes(img_sizes, width)
+
+
+def _first_patch(catalog: Catalog, split: str = "train") -> PatchRef:
+    refs = catalog.filter(split=split).refs
+    if not refs:
         raise ValueError(f"the {split} split holds no patch")
-    sample = dataset._load(0)
-    img_sizes = {m: int(x.shape[-1]) for m, x in sample.inputs.items()}
-    label = next(iter(sample.labels.values()), None)
-    out_px = int(label.shape[-1]) if label is not None else max(img_sizes.values())
-    return img_sizes, out_px
+    return refs[0]
+
+
+def check_patch_headers(cfg: RunConfig, catalog: Catalog, sizes: PatchSizes) -> None:
+    """The first training patch's inputs and labels have the model's sizes (headers only).
+
+    Every patch is checked again when the datasets read it; this fails before anything is
+    built or written.
+
+    Raises:
+        ValueError: the train split is empty.
+        DataError: a file is missing, unreadable, or of another size than the model's (the
+            message names the file and the config key).
+    """
+    ref = _first_patch(catalog)
+    labels = [t.modality for t in cfg.model.tasks]
+    for modality in [*cfg.model.inputs, *labels]:
+        width, height = read_patch_px(ref.path(modality), modality)
+        sizes.check(ref.path(modality), modality, width, height)
 
 
 def _trainer(
@@ -105,7 +158,7 @@ def _trainer(
 ) -> L.Trainer:
     out = cfg.train.output_dir
     resume_path = Path(out) / "checkpoints" / "last.ckpt" if resuming else None
-    callbacks: list[L.Callback] = list(extra_callbacks or [])
+    callbacks: list[L.Callback] = [_PatchSizeContract(), *(extra_callbacks or [])]
     loggers: list[Any] = []
     if stage == "fit":
         from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
@@ -190,12 +243,13 @@ def fit(cfg: RunConfig, resume: bool | str = "auto", callbacks: list | None = No
         # not read: Lightning reads it (through SafeCheckpointIO) when it restores the state.
         resume_point = SafeCheckpointIO.read_resume_point(last, mmap=True)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    datamodule = make_datamodule(cfg)
-    img_sizes, out_px = sizes_from_data(datamodule)
-    model_cfg = replace(
-        cfg.model, img_sizes={m: img_sizes[m] for m in cfg.model.inputs}, out_px=out_px
-    )
-    cfg = replace(cfg, model=model_cfg)
+    catalog = make_catalog(cfg)
+    # The model is described before any data is read: sizes from the config (headers only
+    # where it leaves one open); every patch read later is checked against them.
+    sizes = model_sizes(cfg, catalog)
+    check_patch_headers(cfg, catalog, sizes)
+    cfg = replace(cfg, model=replace(cfg.model, img_sizes=sizes.img_sizes, out_px=sizes.out_px))
+    datamodule = make_datamodule(cfg, catalog)
     task = SegmentationTask(cfg.model, cfg.preprocess, cfg.loss, cfg.optim)
     if resuming:  # before config.yaml is replaced: the run's recipe must stay the checkpoint's
         _check_resume_fits(last, resume_point, task)
@@ -216,8 +270,9 @@ def fit(cfg: RunConfig, resume: bool | str = "auto", callbacks: list | None = No
             else "no epoch was completed"
         )
         raise type(exc)(f"{exc}. Nothing was exported; {kept}") from exc
-    checkpoint_cb = trainer.checkpoint_callback
-    best = Path(checkpoint_cb.best_model_path) if checkpoint_cb.best_model_path else last
+    checkpoint_cb = trainer.checkpoint_callback  # the best-model _RunCheckpoint, added first
+    best_path = checkpoint_cb.best_model_path if isinstance(checkpoint_cb, ModelCheckpoint) else ""
+    best = Path(best_path) if best_path else last
     model_path = out / "model.safetensors"
     if trainer.is_global_zero:  # with strategy ddp every process runs this code
         # save_model refuses weights holding NaN or inf (the best callback never picks them)
@@ -431,7 +486,8 @@ class _ResumableCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             writer = _ContinuingWriter if self._resuming else ExperimentWriter
             self._experiment = writer(log_dir=self.log_dir)
-        return self._experiment
+        # set only here, to an ExperimentWriter (Lightning types it as the writer's base class)
+        return cast(ExperimentWriter, self._experiment)
 
     def trim_to(self, epoch: int, step: int) -> None:
         """Drop the rows logged after the resume point (epoch ``epoch``, logging step ``step``)."""
@@ -469,7 +525,7 @@ class _ContinuingWriter(ExperimentWriter):
 
         def before(row: dict[str, str]) -> bool:
             s = int(float(row["step"]))
-            e = row.get("epoch")
+            e = row.get("epoch") or ""
             return s < step or (s == step and bool(e) and int(float(e)) < epoch)
 
         kept = [row for row in rows if before(row)]
@@ -496,13 +552,32 @@ class _TrimResumedMetrics(L.Callback):
             self.logger.trim_to(trainer.current_epoch, step)
 
 
+class _PatchSizeContract(L.Callback):
+    """Gives the run's datasets the model's patch sizes, in each process, once they are built.
+
+    Lightning sets the DataModule up before the callbacks, and builds the loaders (and their
+    worker processes) after: every patch any loader reads is then checked against the model
+    (``PatchSizes``), for fit as for test and predict with a loaded model.
+    """
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        datamodule = getattr(trainer, "datamodule", None)
+        if not isinstance(datamodule, FlairDataModule) or not isinstance(
+            pl_module, SegmentationTask
+        ):
+            return
+        sizes = PatchSizes.of(pl_module.model_config)
+        for dataset in datamodule.datasets.values():
+            dataset.sizes = sizes
+
+
 class _ValScoresWriter(L.Callback):
     """Writes the scores of each validation epoch (summed over all processes) on rank 0."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: SegmentationTask) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         val = {t.value: s for t, s in getattr(pl_module, "last_val_scores", {}).items()}
@@ -531,9 +606,9 @@ class _ReportWriter(L.Callback):
         self.published = published
         self.title = title
 
-    def on_test_end(self, trainer: L.Trainer, pl_module: SegmentationTask) -> None:
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         try:
-            if trainer.is_global_zero:
+            if trainer.is_global_zero and isinstance(pl_module, SegmentationTask):
                 for t, (matrix, groups) in pl_module.last_test_matrices.items():
                     write_report(
                         self.out_dir,
@@ -556,10 +631,9 @@ def _check_resumable(cfg: RunConfig, previous_path: Path) -> None:
         "cycle_then_plateau",
     ):
         return
-    import yaml
-
-    previous = yaml.safe_load(previous_path.read_text()) or {}
-    before = (previous.get("train") or {}).get("max_epochs")
+    previous = load_yaml(previous_path)
+    train = previous.get("train") if isinstance(previous, dict) else None
+    before = train.get("max_epochs") if isinstance(train, dict) else None
     if before is not None and before != cfg.train.max_epochs:
         raise ValueError(
             f"{previous_path.parent}: the run was started with train.max_epochs={before}; its "
@@ -575,6 +649,12 @@ def _weights_for(cfg: RunConfig, weights: str | Path | None) -> Path:
     return path
 
 
+def _inference_task(cfg: RunConfig, weights: str | Path | None) -> SegmentationTask:
+    """The task around the network of a model file, loaded once by ``checkpoint.load_model``."""
+    network, preprocess = load_model(_weights_for(cfg, weights))
+    return SegmentationTask.from_network(network, preprocess, cfg.loss, cfg.optim)
+
+
 def evaluate(
     cfg: RunConfig, weights: str | Path | None = None, split: str = "test"
 ) -> dict[str, Any]:
@@ -587,9 +667,8 @@ def evaluate(
     if split not in ("val", "test"):
         raise ValueError(f"split must be val or test, got {split!r}")
     check_accelerator(cfg.train.accelerator)
-    model, preprocess = load_model(_weights_for(cfg, weights))
-    task = SegmentationTask(model.config, preprocess, cfg.loss, cfg.optim)
-    task.model.load_state_dict(model.state_dict())
+    task = _inference_task(cfg, weights)
+    preprocess = task.preprocess_config
     datamodule = make_datamodule(cfg, preprocess=preprocess)
     # The loaders are built by the trainer, in each process, so that they split the set
     # across processes without repeating samples (see FlairDataModule).
@@ -625,14 +704,13 @@ def predict(
 ) -> list[Path]:
     """Write one georeferenced class map per patch and task (and optional probabilities)."""
     check_accelerator(cfg.train.accelerator)
-    model, preprocess = load_model(_weights_for(cfg, weights))
+    task = _inference_task(cfg, weights)
+    preprocess = task.preprocess_config
     catalog = make_catalog(cfg)
     datamodule = FlairDataModule(
         catalog, preprocess, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
         augment=None, predict_split=split,
     )  # fmt: skip
-    task = SegmentationTask(model.config, preprocess, cfg.loss, cfg.optim)
-    task.model.load_state_dict(model.state_dict())
     out_dir = Path(out_dir or Path(cfg.train.output_dir) / f"predictions_{split}")
     writer = _MapWriter(out_dir, preprocess.lpis_level, probabilities)
     trainer = _trainer(cfg, "predict", extra_callbacks=[writer])

@@ -8,7 +8,7 @@ travel in the checkpoint so a resumed run continues exactly as an uninterrupted 
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
@@ -21,6 +21,7 @@ from flairkit.memory import reuse_freed_memory
 from flairkit.metrics import ConfusionMatrix, scores
 from flairkit.modalities import Task
 from flairkit.models.build import build_model
+from flairkit.models.segmenter import MultiModalSegmenter
 from flairkit.sample import Batch
 from flairkit.training.losses import MultiTaskLoss
 from flairkit.training.schedules import PlateauAfterWarmup, WarmupThenHold
@@ -43,7 +44,12 @@ class SegmentationTask(L.LightningModule):
         preprocess: the data preparation the model expects (saved with it).
         loss: loss weights.
         optim: optimiser and schedule.
-        groups_of: optional map patch id -> group (department) for per-group scores.
+        network: an already built network of ``model_config`` (e.g. from
+            ``checkpoint.load_model``), wrapped as is; None builds a new one. See
+            ``from_network``.
+
+    Raises:
+        ValueError: ``network`` was built from another config.
     """
 
     def __init__(
@@ -52,13 +58,16 @@ class SegmentationTask(L.LightningModule):
         preprocess: PreprocessConfig,
         loss: LossConfig = LossConfig(),
         optim: OptimConfig = OptimConfig(),
+        network: MultiModalSegmenter | None = None,
     ) -> None:
         super().__init__()
         self.model_config = model_config
         self.preprocess_config = preprocess
         self.loss_config = loss
         self.optim_config = optim
-        self.model = build_model(model_config)
+        if network is not None and network.config != model_config:
+            raise ValueError("SegmentationTask: the network was built from another ModelConfig")
+        self.model = network if network is not None else build_model(model_config)
         self.criterion = MultiTaskLoss(
             model_config.tasks, loss.class_weights, loss.task_weights, loss.aux_weight
         )
@@ -84,6 +93,21 @@ class SegmentationTask(L.LightningModule):
                 "optim": to_dict(optim),
             }
         )
+
+    @classmethod
+    def from_network(
+        cls,
+        network: MultiModalSegmenter,
+        preprocess: PreprocessConfig,
+        loss: LossConfig = LossConfig(),
+        optim: OptimConfig = OptimConfig(),
+    ) -> SegmentationTask:
+        """A task around a network already built and loaded (``checkpoint.load_model``).
+
+        The network is wrapped, not copied or rebuilt: test and predict run the very module
+        the model file was loaded into.
+        """
+        return cls(network.config, preprocess, loss, optim, network=network)
 
     # -- steps ------------------------------------------------------------------------------
     def forward(self, batch: Batch) -> dict[Task, Tensor]:
@@ -133,7 +157,7 @@ class SegmentationTask(L.LightningModule):
         groups = [department_of(pid) for pid in batch.patch_ids]
         for task in self.tasks:
             pred = out.logits[task].argmax(dim=1)
-            self.matrices[stage][task.name].update(batch.labels[task], pred, groups)
+            self._matrix(stage, task).update(batch.labels[task], pred, groups)
         self.log(
             f"{stage}_loss", loss, prog_bar=stage == "val", sync_dist=True, batch_size=len(batch)
         )
@@ -161,12 +185,18 @@ class SegmentationTask(L.LightningModule):
             "crs": batch.crs,
         }
 
+    def _matrix(self, stage: str, task: Task) -> ConfusionMatrix:
+        """The confusion matrix of a stage (``val`` or ``test``) and task."""
+        # nn.ModuleDict types its items as Module: __init__ fills them with ConfusionMatrix
+        stage_matrices = cast(nn.ModuleDict, self.matrices[stage])
+        return cast(ConfusionMatrix, stage_matrices[task.name])
+
     # -- epoch ends: exact scores over the whole set --------------------------------------------
     def _epoch_scores(self, stage: str) -> dict[Task, dict]:
         results = {}
         mious = []
         for task in self.tasks:
-            matrix = self.matrices[stage][task.name]
+            matrix = self._matrix(stage, task)
             matrix.sync()
             result = scores(matrix.compute(), ignored=ignored_classes(self.loss_config, task))
             results[task] = result
@@ -177,8 +207,8 @@ class SegmentationTask(L.LightningModule):
         return results
 
     def on_validation_epoch_start(self) -> None:
-        for m in self.matrices["val"].values():
-            m.reset()
+        for task in self.tasks:
+            self._matrix("val", task).reset()
         # A new tensor in each process: one made in __init__ would be shared by the processes
         # that ddp_spawn starts (torch.multiprocessing moves CPU tensors to shared memory).
         self._val_loss = torch.zeros(2, dtype=torch.float64)
@@ -206,15 +236,15 @@ class SegmentationTask(L.LightningModule):
             self._plateau.step(total / count)
 
     def on_test_epoch_start(self) -> None:
-        for m in self.matrices["test"].values():
-            m.reset()
+        for task in self.tasks:
+            self._matrix("test", task).reset()
 
     def on_test_epoch_end(self) -> None:
         self.last_test_scores = self._epoch_scores("test")
         self.last_test_matrices = {
             t: (
-                self.matrices["test"][t.name].compute().cpu(),
-                self.matrices["test"][t.name].compute_groups(),
+                self._matrix("test", t).compute().cpu(),
+                self._matrix("test", t).compute_groups(),
             )
             for t in self.tasks
         }
@@ -231,6 +261,7 @@ class SegmentationTask(L.LightningModule):
         # Not fused=True: on CPU it changed the outcome of the fusion comparison
         # (tests/training/test_fusion_gain.py: the S2 branch never took over in 432 steps) for a
         # ~1 % faster step.
+        optimizer: torch.optim.Optimizer
         if cfg.optimizer == "adamw":
             optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         elif cfg.optimizer == "adam":
@@ -278,7 +309,9 @@ class SegmentationTask(L.LightningModule):
     # -- exact resume ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the RNG states: a resumed run then draws what the uninterrupted run would."""
-        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        # legacy=True (the default): the tuple form, not the dict numpy's stubs also allow
+        state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
+        kind, keys, pos, has_gauss, cached = state
         # Plain types and tensors only: checkpoints load with torch.load(weights_only=True).
         checkpoint["flairkit_rng"] = {
             "python": random.getstate(),
