@@ -108,6 +108,18 @@ def test_fit_reads_a_label_header_where_the_tables_cannot_tell(
     assert dict(model.img_sizes) == {S2: 2} and model.out_px == 64
 
 
+def test_fit_reads_a_presets_sizes_from_the_headers(
+    synthetic_root: Path, tmp_path: Path, no_pixel_reads: dict[str, Any]
+) -> None:
+    # as configs/demo.yaml: preset LC-D (512 px aerial, 10 px S2) with a small CNN, on 64 px data
+    cfg = run_config(tmp_path, synthetic_root, "demo", {"preset": "LC-D"})
+    assert dict(cfg.model.img_sizes) == {AERIAL: 512, S2: 10}
+    with pytest.raises(_Stop):
+        fit(cfg)
+    model = no_pixel_reads["model"]
+    assert dict(model.img_sizes) == {AERIAL: 64, S2: 2} and model.out_px == 64
+
+
 def test_model_sizes_follow_the_tables_and_a_pinned_out_px(
     synthetic_root: Path, tmp_path: Path
 ) -> None:

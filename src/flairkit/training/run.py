@@ -44,9 +44,10 @@ from flairkit.io.catalog import Catalog
 from flairkit.io.patches import PatchRef
 from flairkit.io.raster import read_patch_px
 from flairkit.io.writers import write_class_map
-from flairkit.modalities import Task, class_table
+from flairkit.modalities import Modality, Task, class_table
 from flairkit.models.presets import get_preset
 from flairkit.models.winograd import use_winograd
+from flairkit.presets import preset_model_fields
 from flairkit.reports import report_paths, write_report
 from flairkit.safe_load import CheckpointReadError, load_weights_only
 from flairkit.training.task import NonFiniteLossError, SegmentationTask, ignored_classes
@@ -105,18 +106,33 @@ DEFAULT_OUT_PX: int = cast(int, next(f.default for f in fields(ModelConfig) if f
 def model_sizes(cfg: RunConfig, catalog: Catalog) -> PatchSizes:
     """The patch sizes of a run's model, known before any pixel is read.
 
-    Each input takes ``model.img_sizes`` (given in the config, or by its preset). The label
-    grid is ``model.out_px`` when the config sets it to another value than the default 512;
-    otherwise it follows from the input of finest native GSD through the modality tables (the
-    label files' GSD over that input's): 64 px aerial or DEM patches give a 64 px grid, 64 px
-    SPOT patches 512 px. Where the tables give no whole number of pixels (Sentinel alone on
-    resampled patches), the header of the first training label decides; no pixel is read.
+    - An input takes its ``model.img_sizes`` entry when the config gives it. A preset's size
+      (the benchmark's 512 / 256 / 64 / 10 px, kept by a config that names the preset) is
+      read from the header of the input's first training patch, so that a preset also trains
+      on resampled patches (``configs/demo.yaml``).
+    - The label grid is ``model.out_px`` when the config sets another value than the default
+      512. Otherwise it follows from the input of finest native GSD through the modality
+      tables (the input's GSD over the labels', at native resolution): 64 px aerial or DEM
+      patches give a 64 px grid, 64 px SPOT patches 512 px. Where that is no whole number of
+      pixels (Sentinel alone on resampled patches) the first training label's header decides.
+
+    Only headers are read (``io.raster.read_patch_px``), and only where the config leaves a size
+    open; ``check_patch_headers`` then checks the first training patch against the result.
 
     Raises:
         ValueError: the train split is empty and a size has to be read from it.
-        DataError: that label file is missing or unreadable.
+        DataError: a file whose header is needed is missing or unreadable.
     """
-    img_sizes = {m: cfg.model.img_sizes[m] for m in cfg.model.inputs}
+
+    def header_px(modality: Modality) -> int:
+        width, _ = read_patch_px(_first_patch(catalog).path(modality), modality)
+        return width
+
+    preset_px = preset_model_fields(cfg.preset)["img_sizes"] if cfg.preset else {}
+    img_sizes = {}
+    for m in cfg.model.inputs:
+        px = cfg.model.img_sizes[m]
+        img_sizes[m] = header_px(m) if preset_px.get(m) == px else px
     if cfg.model.out_px != DEFAULT_OUT_PX:
         return PatchSizes(img_sizes, cfg.model.out_px)
     label = next(iter(cfg.model.tasks)).modality
@@ -124,8 +140,7 @@ def model_sizes(cfg: RunConfig, catalog: Catalog) -> PatchSizes:
     out_px = img_sizes[finest] * finest.spec.native_gsd_m / label.spec.native_gsd_m
     if abs(out_px - round(out_px)) < 1e-6 and round(out_px) > 0:
         return PatchSizes(img_sizes, round(out_px))
-    width, _ = read_patch_px(_first_patch(catalog).path(label), label)
-    return PatchSizes(img_sizes, width)
+    return PatchSizes(img_sizes, header_px(label))
 
 
 def _first_patch(catalog: Catalog, split: str = "train") -> PatchRef:
