@@ -114,10 +114,10 @@ def run_network(steps: int = 4) -> dict:
     """Time the ResNet18 U-Net alone on 512 px tiles, prepared as predict_zone prepares it."""
     import torch
 
-    from flairkit.sample import Batch
     from flairkit.inference.fold import fold_batchnorm
     from flairkit.inference.predictor import TilePredictor, inference_network, load_zone_model
     from flairkit.modalities import Modality, Task
+    from flairkit.sample import Batch
 
     model = load_zone_model(Path(os.environ[DIR_ENV]) / "aerial.safetensors")
     network = inference_network(model.network, Task.COSIA)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flairkit.sample import Batch, Sample, collate
 from flairkit.modalities import Modality, Task
+from flairkit.sample import Batch, Sample, collate
 
 S2, S1 = Modality.SENTINEL2_TS, Modality.SENTINEL1_ASC_TS
 AERIAL = Modality.AERIAL_RGBI

@@ -9,9 +9,9 @@ import torch
 
 from flairkit.config import preprocess_config_for
 from flairkit.data.datamodule import FlairDataModule
-from flairkit.sample import Batch
 from flairkit.io.catalog import Catalog
 from flairkit.modalities import Modality, Task
+from flairkit.sample import Batch
 from flairkit.synth import SynthSummary
 
 INPUTS = (Modality.AERIAL_RGBI, Modality.SENTINEL2_TS, Modality.SENTINEL1_ASC_TS, Modality.DEM_ELEV)

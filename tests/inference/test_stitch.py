@@ -18,9 +18,9 @@ from flairkit.inference.stitch import (
     quantise_block,
 )
 from flairkit.inference.tiling import TileGrid, make_tile_grid
-from flairkit.sample import Georef
 from flairkit.io.writers import StreamingMapWriter
 from flairkit.modalities import COSIA_CLASSES
+from flairkit.sample import Georef
 
 K = 5
 

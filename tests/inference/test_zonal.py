@@ -22,7 +22,6 @@ from flairkit.config import (
     load_zone_config,
     preprocess_config_for,
 )
-from flairkit.sample import Batch, collate
 from flairkit.inference.fold import fold_batchnorm
 from flairkit.inference.predictor import ZoneModel, load_zone_model
 from flairkit.inference.shard import plan_pieces, split_columns, split_rows, strip_grid
@@ -35,6 +34,7 @@ from flairkit.io.raster import DataError
 from flairkit.io.writers import NODATA_CLASS, ResumeMismatchError
 from flairkit.modalities import COSIA_CLASSES, PATCH_SIZE_M, Modality, Task, hex_to_rgb
 from flairkit.models.build import build_model
+from flairkit.sample import Batch, collate
 from flairkit.synth_zone import ZoneSummary
 from flairkit.transforms.preprocess import Preprocessor
 

@@ -27,11 +27,11 @@ from shapely.geometry import box
 
 from flairkit.config import ModalityConfig, PreprocessConfig
 from flairkit.data.datasets import PatchDataset
-from flairkit.sample import collate
 from flairkit.io.catalog import Catalog
 from flairkit.io.dates import DatesIndex
 from flairkit.io.patches import read_patch
 from flairkit.modalities import Modality, Task
+from flairkit.sample import collate
 from flairkit.transforms.preprocess import Preprocessor
 
 PATCH_M = 102.4

@@ -9,11 +9,11 @@ import torch
 from golden import assert_matches_golden, golden_inputs, golden_state_dict
 
 from flairkit.config import ModelConfig
-from flairkit.sample import Batch
 from flairkit.modalities import Modality, Task
 from flairkit.models.build import build_model
 from flairkit.models.official import WeightsError, load_published_weights
 from flairkit.models.presets import PRESETS, get_preset, preset_config
+from flairkit.sample import Batch
 
 SMALL_SIZES = {
     Modality.AERIAL_RGBI: 64,

@@ -7,8 +7,8 @@ import itertools
 import pytest
 import torch
 
-from flairkit.sample import Sample
 from flairkit.modalities import Modality, Task
+from flairkit.sample import Sample
 from flairkit.transforms.augment import FlipRotate, apply_flip_rotate
 
 AERIAL_PX, S2_PX, SPOT_PX = 64, 2, 8

@@ -15,9 +15,8 @@ from flairkit.config import (
     from_dict,
     preprocess_config_for,
 )
-from flairkit.sample import RawSample, collate
-from flairkit.sample import Georef
 from flairkit.modalities import Modality, Task
+from flairkit.sample import Georef, RawSample, collate
 from flairkit.transforms.preprocess import Preprocessor
 
 #: Published statistics (spec section 5.1): aerial per band, DEM shared by every channel.

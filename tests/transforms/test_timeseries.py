@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from flairkit.config import CloudFilterConfig, ModalityConfig, PreprocessConfig
-from flairkit.sample import RawSample
 from flairkit.io.dates import day_offsets
 from flairkit.modalities import Modality
+from flairkit.sample import RawSample
 from flairkit.transforms.preprocess import Preprocessor
 from flairkit.transforms.timeseries import clear_fraction, cloud_filter, temporal_average
 

@@ -27,7 +27,7 @@ class ZoneInputConfig:
         path: the raster (any GDAL format with a CRS); time series hold ``T * C`` bands,
             date-major, as in the dataset files.
         dates: acquisition dates of a time series, one per date-block of bands
-            (``io.windows.read_dates_file`` formats); required for S2 and S1.
+            (``io.dates.read_dates_file`` formats); required for S2 and S1.
         mask: Sentinel-2 only: the snow/cloud probability stack (``SENTINEL2_MSK-SC``, 2 bands
             per date, the S2 dates), needed when the model's preprocessing filters clouds.
         gsd_m: pixel size the model reads this input at; default the model's training GSD
