@@ -164,6 +164,23 @@ def load_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
 
 
+def read_mapping(
+    path: str | Path | None, overrides: list[str] | None = None
+) -> tuple[dict[str, Any], Path]:
+    """A config file's top-level mapping with overrides applied, and the folder relative paths
+    are resolved against (the file's, or the working directory without a file).
+
+    Raises:
+        ConfigError: the file is missing, not YAML, not a mapping, or an override is bad.
+    """
+    raw = load_yaml(path) if path is not None else {}
+    if not isinstance(raw or {}, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = apply_overrides(raw or {}, overrides or [])
+    base = Path(path).parent if path is not None else Path.cwd()
+    return dict(raw), base
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply ``dotted.key=value`` overrides (values parsed as YAML, as ``load_yaml`` does).
 

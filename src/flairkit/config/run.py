@@ -14,12 +14,11 @@ import yaml
 
 from flairkit.config.convert import (
     ConfigError,
-    apply_overrides,
     at_least,
     finite_at_least,
     from_dict,
-    load_yaml,
     merge_sections,
+    read_mapping,
     resolve_path,
     section,
     to_dict,
@@ -259,12 +258,7 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
     Raises:
         ConfigError: with the dotted path of the bad key.
     """
-    raw = load_yaml(path) if path is not None else {}
-    if not isinstance(raw or {}, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    raw = apply_overrides(raw or {}, overrides or [])
-    base = Path(path).parent if path is not None else Path.cwd()
-    raw = dict(raw)
+    raw, base = read_mapping(path, overrides)
     known = {f.name for f in dataclasses.fields(RunConfig)}
     unknown = set(raw) - known
     if unknown:

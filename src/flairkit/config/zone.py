@@ -9,10 +9,9 @@ from typing import Literal
 
 from flairkit.config.convert import (
     ConfigError,
-    apply_overrides,
     from_dict,
-    load_yaml,
     parse_task,
+    read_mapping,
     resolve_path,
 )
 from flairkit.config.recipe import NonFinite
@@ -206,12 +205,7 @@ def load_zone_config(path: str | Path | None, overrides: list[str] | None = None
     Raises:
         ConfigError: with the dotted path of the bad key.
     """
-    raw = load_yaml(path) if path is not None else {}
-    if not isinstance(raw or {}, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    raw = apply_overrides(raw or {}, overrides or [])
-    base = Path(path).parent if path is not None else Path.cwd()
-    raw = dict(raw)
+    raw, base = read_mapping(path, overrides)
     for key in ("model", "inputs", "output"):
         if not raw.get(key):
             raise ConfigError(f"{key}: missing")
