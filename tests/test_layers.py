@@ -24,6 +24,7 @@ LAYER_OF = {
     "flairkit.modalities": "base",
     "flairkit.sample": "base",
     "flairkit.presets": "base",
+    "flairkit.model_ref": "base",
     "flairkit.safe_load": "base",
     "flairkit.memory": "base",
     "flairkit.config": "base",
@@ -77,6 +78,7 @@ BASE_MAY_IMPORT = {
     "flairkit.memory": set(),
     "flairkit.sample": {"flairkit.modalities"},
     "flairkit.presets": {"flairkit.modalities"},
+    "flairkit.model_ref": {"flairkit.presets"},
     "flairkit.config": {"flairkit.modalities", "flairkit.presets", "flairkit.config"},
 }
 
@@ -267,6 +269,7 @@ def test_checks_catch_what_they_claim():
     [
         "flairkit.config",
         "flairkit.presets",
+        "flairkit.model_ref",
         "flairkit.sample",
         "flairkit.io.patches",
         "flairkit.io.catalog",
