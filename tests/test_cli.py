@@ -133,6 +133,18 @@ def test_models_lists_presets_with_counts(capsys) -> None:
     assert rows["LPIS-F"]["inputs"] == ["SENTINEL2_TS"]
 
 
+def test_models_lists_the_published_repositories(capsys) -> None:
+    assert main(["models", "LC-A", "LC-G", "LC-B", "--json"]) == 0
+    rows = {r["id"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["LC-G"]["published"] == ["hf:IGNF/FLAIR-HUB_LC-G_utae"]
+    assert len(rows["LC-A"]["published"]) == 9
+    assert "hf:IGNF/FLAIR-HUB_LC-A_IR_swinbase-upernet" in rows["LC-A"]["published"]
+    assert rows["LC-B"]["published"] == []
+    assert main(["models", "LC-G"]) == 0
+    text = capsys.readouterr().out
+    assert "published weights" in text and "LC-G    hf:IGNF/FLAIR-HUB_LC-G_utae" in text
+
+
 def test_models_unknown_id_exits_2(capsys) -> None:
     assert main(["models", "LC-Z"]) == 2
     assert "LC-Z" in capsys.readouterr().err

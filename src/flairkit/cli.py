@@ -393,6 +393,11 @@ def _run_models(args: argparse.Namespace) -> int:
             f"{r['id']:<7} {task:<6} {inputs:<34} {r['params'] / 1e6:>10.3f} {r['card_para_m']:>9.1f} "
             f"{r['diff_to_card_pct']:>6.2f}% {r['card_oa']:>5.1f} {r['card_miou']:>5.1f}"
         )
+    published = [(r["id"], repo) for r in rows for repo in r["published"]]
+    if published:
+        print("\npublished weights (IGN, Hugging Face):")
+        for model_id, repo in published:
+            print(f"  {model_id:<7} {repo}")
     return 0
 
 

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from torch import nn
 
 from flairkit.config import preset_config
+from flairkit.model_ref import HUB_PREFIX, PUBLISHED_REPOS, parse_repo_name
 from flairkit.presets import (
     BENCHMARK_CHANNELS,
     BENCHMARK_CLASSES,
@@ -28,7 +29,18 @@ __all__ = [
     "describe_presets",
     "get_preset",
     "preset_config",
+    "published_repos",
 ]
+
+
+def published_repos(model_id: str) -> list[str]:
+    """The hub ids (``hf:IGNF/...``) of IGN's published weights known for a preset."""
+    key = get_preset(model_id).model_id
+    return [
+        f"{HUB_PREFIX}{repo}"
+        for repo in PUBLISHED_REPOS
+        if (named := parse_repo_name(repo)) is not None and named.model_id == key
+    ]
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
@@ -74,6 +86,7 @@ def describe_presets(model_ids: list[str] | None = None, progress: bool = False)
                 "card_oa": preset.card_oa,
                 "card_miou": preset.card_miou,
                 "card_epochs": preset.card_epochs,
+                "published": published_repos(model_id),
             }
         )
     return rows
