@@ -25,6 +25,7 @@ LAYER_OF = {
     "flairkit.sample": "base",
     "flairkit.presets": "base",
     "flairkit.model_ref": "base",
+    "flairkit.hub": "base",
     "flairkit.safe_load": "base",
     "flairkit.memory": "base",
     "flairkit.config": "base",
@@ -79,6 +80,7 @@ BASE_MAY_IMPORT = {
     "flairkit.sample": {"flairkit.modalities"},
     "flairkit.presets": {"flairkit.modalities"},
     "flairkit.model_ref": {"flairkit.presets"},
+    "flairkit.hub": {"flairkit.model_ref"},
     "flairkit.config": {"flairkit.modalities", "flairkit.presets", "flairkit.config"},
 }
 
@@ -270,6 +272,7 @@ def test_checks_catch_what_they_claim():
         "flairkit.config",
         "flairkit.presets",
         "flairkit.model_ref",
+        "flairkit.hub",
         "flairkit.sample",
         "flairkit.io.patches",
         "flairkit.io.catalog",
