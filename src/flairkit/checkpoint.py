@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from flairkit.models.official import (
     WeightsError,
     check_finite,
     existing_file,
+    published_state,
     read_safetensors,
     read_safetensors_header,
     read_torch_file,
@@ -197,6 +199,52 @@ def load_model(path: str | Path) -> tuple[MultiModalSegmenter, PreprocessConfig]
     check_finite(path, state)
     model.load_state_dict(state, strict=True)
     return model.eval(), preprocess
+
+
+@dataclass(frozen=True)
+class ModelWeights:
+    """The tensors of a model file and what kind of file it is.
+
+    Attributes:
+        path: the file.
+        state: flairkit model keys for a flairkit file; the reference's keys (``model.``
+            stripped, ``criterion.*`` dropped) for a published FLAIR-HUB file. Finite.
+        recipe: the flairkit recipe (``model``, ``preprocess``...); None for a published file.
+    """
+
+    path: Path
+    state: dict[str, Tensor]
+    recipe: dict[str, Any] | None
+
+    @property
+    def published(self) -> bool:
+        return self.recipe is None
+
+
+def read_model_weights(path: str | Path) -> ModelWeights:
+    """Read any model file once: a flairkit ``.safetensors`` or fit ``.ckpt``, or a published
+    FLAIR-HUB ``.safetensors`` / ``.ckpt`` / ``.pth`` (told apart by the flairkit recipe).
+
+    Raises:
+        FileNotFoundError: no such file.
+        WeightsError: a damaged or unsafe file, a bad recipe, no tensors, non-finite tensors.
+    """
+    path = existing_file(path, "model file")
+    if path.suffix == ".safetensors":
+        metadata = read_safetensors_header(path)[1]
+        state = read_safetensors(path)
+        if METADATA_KEY not in metadata:
+            return ModelWeights(path, published_state(path, state), None)
+        recipe = _safetensors_recipe(path, metadata)
+    else:
+        checkpoint = read_torch_file(path)  # read once: it holds both the recipe and weights
+        hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
+        if not (isinstance(hparams, Mapping) and "model" in hparams and "preprocess" in hparams):
+            return ModelWeights(path, published_state(path, checkpoint), None)
+        recipe = _checkpoint_recipe(path, checkpoint)
+        state = _checkpoint_state(path, checkpoint)
+    check_finite(path, state)
+    return ModelWeights(path, state, recipe)
 
 
 def _checkpoint_state(path: Path, checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:

@@ -67,6 +67,17 @@ def read_weights_file(path: str | Path) -> dict[str, Tensor]:
         raw: Any = read_safetensors(path)
     else:
         raw = read_torch_file(path)
+    return published_state(path, raw)
+
+
+def published_state(path: str | Path, raw: Any) -> dict[str, Tensor]:
+    """The official state dict in what a published file holds (a state dict or a checkpoint).
+
+    Keys lose the ``model.`` prefix; ``criterion.*`` and non-tensor entries are dropped.
+
+    Raises:
+        WeightsError: no state dict, or a non-finite tensor (naming ``path``).
+    """
     if isinstance(raw, Mapping) and isinstance(raw.get("state_dict"), Mapping):
         raw = raw["state_dict"]
     if not isinstance(raw, Mapping) or not raw:
@@ -75,9 +86,11 @@ def read_weights_file(path: str | Path) -> dict[str, Tensor]:
     for key, value in raw.items():
         if not isinstance(value, Tensor):
             continue
-        if key.startswith("criterion."):
+        if str(key).startswith("criterion."):
             continue
-        out[key.removeprefix("model.")] = value
+        out[str(key).removeprefix("model.")] = value
+    if not out:
+        raise WeightsError(f"{path}: holds no tensors")
     check_finite(path, out)
     return out
 
