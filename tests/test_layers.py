@@ -81,7 +81,12 @@ BASE_MAY_IMPORT = {
     "flairkit.presets": {"flairkit.modalities"},
     "flairkit.model_ref": {"flairkit.presets"},
     "flairkit.hub": {"flairkit.model_ref"},
-    "flairkit.config": {"flairkit.modalities", "flairkit.presets", "flairkit.config"},
+    "flairkit.config": {
+        "flairkit.modalities",
+        "flairkit.presets",
+        "flairkit.config",
+        "flairkit.model_ref",
+    },
 }
 
 

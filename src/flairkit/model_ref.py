@@ -99,6 +99,14 @@ class ModelRef:
         return f"{self.repo_id.rsplit('/', 1)[1]}.safetensors"
 
 
+def model_name(text: str | Path) -> str:
+    """A short name of a reference for messages: the repository name or the file name."""
+    raw = str(text).strip()
+    if raw.startswith(HUB_PREFIX):
+        return raw[len(HUB_PREFIX) :].split("@", 1)[0].rsplit("/", 1)[-1]
+    return Path(raw).name
+
+
 def parse_repo_name(name: str) -> RepoName | None:
     """Read IGN's naming of a published repository (``IGNF/FLAIR-HUB_LC-A_IR_swinbase-upernet``
     or a file stem of that form); None when the name does not follow it or names no preset."""

@@ -16,6 +16,7 @@ from flairkit.config.convert import (
 )
 from flairkit.config.recipe import NonFinite
 from flairkit.modalities import Modality, Task
+from flairkit.model_ref import HUB_PREFIX, ModelRefError, parse_model_ref
 
 
 @dataclass(frozen=True)
@@ -126,13 +127,15 @@ class ZoneRuntimeConfig:
 
 @dataclass(frozen=True)
 class ZoneConfig:
-    """Everything ``flairkit map`` needs: a model file, its input rasters, and what to write.
+    """Everything ``flairkit map`` needs: a model, its input rasters, and what to write.
 
-    The model file (``.safetensors`` from ``flairkit fit``, or a fit ``.ckpt``) carries its
-    ModelConfig and PreprocessConfig, so inputs are prepared exactly as in training.
+    A flairkit model file (``.safetensors`` from ``flairkit fit``, or a fit ``.ckpt``) carries
+    its ModelConfig and PreprocessConfig, so inputs are prepared exactly as in training. A
+    published FLAIR-HUB model (a file, or a hub id ``hf:IGNF/FLAIR-HUB_<ID>_...``) gets the
+    benchmark's preparation of its preset (``checkpoint.published_recipe``).
 
     Attributes:
-        model: the model file.
+        model: the model reference: a file path, or ``hf:<org>/<repo>[@<revision>]``.
         inputs: one raster per input modality the model uses.
         output: the class map and its options.
         grid: the output grid (default: the reference input's grid at the model's GSD).
@@ -142,9 +145,10 @@ class ZoneConfig:
         nonfinite: what a NaN or infinite input value does: ``error`` or ``zero`` (see
             ``PreprocessConfig.nonfinite``); default (None) the model file's setting. ``zero``
             maps rasters that use NaN as nodata with a model trained under ``error``.
+        model_preset: the preset of a published FLAIR-HUB file whose name does not tell it.
     """
 
-    model: Path
+    model: str
     inputs: Mapping[Modality, ZoneInputConfig]
     output: ZoneOutputConfig
     grid: ZoneGridConfig = ZoneGridConfig()
@@ -152,8 +156,13 @@ class ZoneConfig:
     runtime: ZoneRuntimeConfig = ZoneRuntimeConfig()
     task: Task | None = None
     nonfinite: NonFinite | None = None
+    model_preset: str | None = None
 
     def __post_init__(self) -> None:
+        try:
+            parse_model_ref(self.model, self.model_preset)
+        except ModelRefError as exc:
+            raise ConfigError(f"model: {exc}") from exc
         if not self.inputs:
             raise ConfigError("inputs: at least one input raster is needed")
         for m, cfg in self.inputs.items():
@@ -209,7 +218,8 @@ def load_zone_config(path: str | Path | None, overrides: list[str] | None = None
     for key in ("model", "inputs", "output"):
         if not raw.get(key):
             raise ConfigError(f"{key}: missing")
-    raw["model"] = str(resolve_path(base, raw["model"]))
+    model = str(raw["model"]).strip()
+    raw["model"] = model if model.startswith(HUB_PREFIX) else str(resolve_path(base, model))
     if not isinstance(raw["inputs"], Mapping):
         raise ConfigError(f"inputs: expected a mapping, got {type(raw['inputs']).__name__}")
     inputs = {}

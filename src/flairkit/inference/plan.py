@@ -29,6 +29,7 @@ from flairkit.inference.stitch import default_margin_px
 from flairkit.inference.tiling import TileGrid, make_tile_grid
 from flairkit.io.windows import RasterSource, WindowReader
 from flairkit.modalities import PATCH_SIZE_M, ClassInfo, Modality, Task, class_table
+from flairkit.model_ref import model_name
 from flairkit.models.segmenter import MultiModalSegmenter
 from flairkit.sample import Georef
 from flairkit.transforms.preprocess import Preprocessor
@@ -119,7 +120,7 @@ def zone_sources(
         if cfg is None:
             have = ", ".join(x.value for x in config.inputs) or "none"
             raise ConfigError(
-                f"{where}: missing; the model {config.model.name} needs {m.value} "
+                f"{where}: missing; the model {model_name(config.model)} needs {m.value} "
                 f"(inputs configured: {have})"
             )
         if not cfg.path.is_file():

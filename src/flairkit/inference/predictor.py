@@ -1,7 +1,7 @@
 """The network side of a map: model files, the inference network, devices, batches in, probabilities out.
 
-``load_zone_model`` reads a flairkit model file (weights and recipe) and hashes it for the
-resume fingerprint; ``inference_network`` drops what a map does not use (auxiliary heads, other
+``load_zone_model`` reads a model (a flairkit file, a published FLAIR-HUB file or a hub id)
+and hashes its file for the resume fingerprint; ``inference_network`` drops what a map does not use (auxiliary heads, other
 tasks' heads); ``TilePredictor`` runs batches under ``torch.inference_mode`` (autocast on GPUs,
 NHWC memory order) and returns softmax probabilities as numpy float32.
 """
@@ -52,32 +52,37 @@ def file_digest(path: str | Path, chunk_bytes: int = 2**22) -> str:
     return sha.hexdigest()
 
 
-def load_zone_model(path: str | Path, with_network: bool = True) -> ZoneModel:
-    """Read a flairkit model file (``.safetensors`` or fit ``.ckpt``) for mapping.
+def load_zone_model(
+    ref: str | Path, with_network: bool = True, preset: str | None = None
+) -> ZoneModel:
+    """Read a model for mapping: a flairkit file, a published FLAIR-HUB file or a hub id.
 
     Args:
-        path: the model file.
+        ref: the model reference (``ZoneConfig.model``); a hub id is fetched into the hub cache.
         with_network: build the network and load its weights; False reads only the recipe.
+        preset: the preset of a published file whose name does not tell it.
 
     Returns:
-        The network (eval mode) or None, the recipe and the file's digest.
+        The network (eval mode) or None, the recipe and the local file's digest.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a flairkit model file (``models.official.WeightsError``).
+        ValueError: not a model file (``models.official.WeightsError``), a bad reference or a
+            hub file not to be had.
     """
-    # the loaders of test and predict too: one way to read a model file
-    from flairkit.checkpoint import load_model, read_model_recipe
+    # the loaders of test and predict too: one way to read a model
+    from flairkit.checkpoint import load_model, read_model_recipe, resolve_model_ref
+    from flairkit.model_ref import HUB_PREFIX
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: model file not found (config key: model)")
+    if not str(ref).startswith(HUB_PREFIX) and not Path(ref).is_file():
+        raise FileNotFoundError(f"{ref}: model file not found (config key: model)")
+    parsed, path = resolve_model_ref(ref, preset)
     network: MultiModalSegmenter | None = None
     if with_network:
-        network, preprocess = load_model(path)
+        network, preprocess = load_model(parsed)
         model_config = network.config
     else:
-        model_config, preprocess = read_model_recipe(path)
+        model_config, preprocess = read_model_recipe(parsed)
     return ZoneModel(network, model_config, preprocess, file_digest(path))
 
 

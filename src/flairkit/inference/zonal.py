@@ -68,6 +68,7 @@ from flairkit.io.writers import (
     map_written_paths,
 )
 from flairkit.memory import release_free_memory
+from flairkit.model_ref import HUB_PREFIX
 from flairkit.sample import Georef
 from flairkit.transforms.preprocess import Preprocessor
 
@@ -256,7 +257,7 @@ def map_piece(
 
 def _protected_files(config: ZoneConfig) -> list[tuple[str, Path]]:
     """The files a map reads and must never change: ``(config key, path)``."""
-    files = [("model", Path(config.model))]
+    files = [] if config.model.startswith(HUB_PREFIX) else [("model", Path(config.model))]
     for m, cfg in config.inputs.items():
         for key in ("path", "dates", "mask"):
             value = getattr(cfg, key)
@@ -421,7 +422,7 @@ def predict_zone(
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
     owns_network = model is None  # a caller's network is copied before it is modified
-    model = model or load_zone_model(config.model)
+    model = model or load_zone_model(config.model, preset=config.model_preset)
     device = resolve_device(config.runtime.device)
     precision = resolve_precision(config.runtime.precision, device)
     with _runtime(config):
@@ -608,7 +609,7 @@ def merge_zone(
         ResumeMismatchError: a piece was made with other settings.
     """
     check_output_paths(config)  # before anything is written or deleted
-    model = model or load_zone_model(config.model, with_network=False)
+    model = model or load_zone_model(config.model, with_network=False, preset=config.model_preset)
     with _runtime(config):
         plan = plan_zone(config, model)
         done = _final_is_done(config, plan)

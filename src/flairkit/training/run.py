@@ -45,6 +45,7 @@ from flairkit.io.patches import PatchRef
 from flairkit.io.raster import read_patch_px
 from flairkit.io.writers import write_class_map
 from flairkit.modalities import Modality, Task, class_table
+from flairkit.model_ref import parse_model_ref
 from flairkit.models.presets import get_preset
 from flairkit.models.winograd import use_winograd
 from flairkit.presets import preset_model_fields
@@ -657,21 +658,33 @@ def _check_resumable(cfg: RunConfig, previous_path: Path) -> None:
         )
 
 
-def _weights_for(cfg: RunConfig, weights: str | Path | None) -> Path:
-    path = Path(weights) if weights else Path(cfg.train.output_dir) / "model.safetensors"
+def _weights_for(cfg: RunConfig, weights: str | Path | None) -> str | Path:
+    """The model reference to score: ``--weights`` (a file or a hub id), else the run's model."""
+    if weights:
+        return weights
+    path = Path(cfg.train.output_dir) / "model.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no trained model (run flairkit fit, or give --weights)")
     return path
 
 
-def _inference_task(cfg: RunConfig, weights: str | Path | None) -> SegmentationTask:
-    """The task around the network of a model file, loaded once by ``checkpoint.load_model``."""
-    network, preprocess = load_model(_weights_for(cfg, weights))
+def _inference_task(
+    cfg: RunConfig, weights: str | Path | None, preset: str | None = None
+) -> SegmentationTask:
+    """The task around the network of a model reference, loaded once by ``checkpoint.load_model``.
+
+    A published FLAIR-HUB file whose name does not tell its preset takes ``preset``, else the
+    run's ``model.preset``.
+    """
+    network, preprocess = load_model(_weights_for(cfg, weights), preset or cfg.preset)
     return SegmentationTask.from_network(network, preprocess, cfg.loss, cfg.optim)
 
 
 def evaluate(
-    cfg: RunConfig, weights: str | Path | None = None, split: str = "test"
+    cfg: RunConfig,
+    weights: str | Path | None = None,
+    split: str = "test",
+    preset: str | None = None,
 ) -> dict[str, Any]:
     """Score a trained model on a split; write JSON, Markdown and PNG reports per task.
 
@@ -682,19 +695,20 @@ def evaluate(
     if split not in ("val", "test"):
         raise ValueError(f"split must be val or test, got {split!r}")
     check_accelerator(cfg.train.accelerator)
-    task = _inference_task(cfg, weights)
+    task = _inference_task(cfg, weights, preset)
     preprocess = task.preprocess_config
     datamodule = make_datamodule(cfg, preprocess=preprocess)
     # The loaders are built by the trainer, in each process, so that they split the set
     # across processes without repeating samples (see FlairDataModule).
     datamodule.test_split = split
     published = None
-    if cfg.preset:
-        preset = get_preset(cfg.preset)
-        published = {"model_id": preset.model_id, "oa": preset.card_oa, "miou": preset.card_miou}
+    model_id = preset or cfg.preset or (parse_model_ref(weights).preset if weights else None)
+    if model_id:
+        card = get_preset(model_id)
+        published = {"model_id": card.model_id, "oa": card.card_oa, "miou": card.card_miou}
     out_dir = Path(cfg.train.output_dir) / f"report_{split}"
     writer = _ReportWriter(
-        out_dir, cfg.loss, preprocess.lpis_level, published, f"{cfg.preset or 'flairkit'} {split}"
+        out_dir, cfg.loss, preprocess.lpis_level, published, f"{model_id or 'flairkit'} {split}"
     )
     trainer = _trainer(cfg, "test", extra_callbacks=[writer])
     trainer.test(task, datamodule=datamodule, verbose=False)
@@ -716,10 +730,11 @@ def predict(
     split: str = "test",
     out_dir: str | Path | None = None,
     probabilities: bool = False,
+    preset: str | None = None,
 ) -> list[Path]:
     """Write one georeferenced class map per patch and task (and optional probabilities)."""
     check_accelerator(cfg.train.accelerator)
-    task = _inference_task(cfg, weights)
+    task = _inference_task(cfg, weights, preset)
     preprocess = task.preprocess_config
     catalog = make_catalog(cfg)
     datamodule = FlairDataModule(
