@@ -167,7 +167,19 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
             )
         else:
             p.add_argument(
-                "--weights", type=Path, help="model file (default: <output_dir>/model.safetensors)"
+                "--weights",
+                help=(
+                    "model: a flairkit .safetensors or fit .ckpt, a published FLAIR-HUB file, or "
+                    "a hub id hf:IGNF/FLAIR-HUB_<ID>_...[@revision] (default: "
+                    "<output_dir>/model.safetensors)"
+                ),
+            )
+            p.add_argument(
+                "--preset",
+                help=(
+                    "preset of a published FLAIR-HUB file whose name does not tell it "
+                    "(e.g. LC-A; default: the config's model.preset)"
+                ),
             )
         if name == "predict":
             p.add_argument("--split", default="test", help="split to predict (default test)")
@@ -421,7 +433,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     cfg = load_run_config(args.config, args.overrides)
     split = "val" if args.command == "validate" else "test"
-    results = evaluate(cfg, args.weights, split)
+    results = evaluate(cfg, args.weights, split, args.preset)
     for task, r in results.items():
         print(f"{split} {task}: {format_summary(r['scores'], r['published'])}")
         for kind, path in r["paths"].items():
@@ -434,7 +446,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     from flairkit.training.run import predict
 
     cfg = load_run_config(args.config, args.overrides)
-    written = predict(cfg, args.weights, args.split, args.out, args.probabilities)
+    written = predict(cfg, args.weights, args.split, args.out, args.probabilities, args.preset)
     folder = written[0].parent.parent if written else args.out
     print(f"wrote {len(written)} class maps to {folder}")
     return 0
