@@ -19,8 +19,9 @@ import logging
 import re
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from flairkit import __version__
 from flairkit.config import ConfigError
@@ -426,12 +427,25 @@ def _run_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_of_weights(args: argparse.Namespace) -> Callable[[], Any] | None:
+    """The model of ``--weights``, for a run config without a ``model`` section."""
+    if not args.weights:
+        return None
+
+    def read() -> Any:
+        from flairkit.checkpoint import read_model_recipe
+
+        return read_model_recipe(args.weights, args.preset)[0]
+
+    return read
+
+
 def _run_evaluate(args: argparse.Namespace) -> int:
     from flairkit.config import load_run_config
     from flairkit.reports import format_summary
     from flairkit.training.run import evaluate
 
-    cfg = load_run_config(args.config, args.overrides)
+    cfg = load_run_config(args.config, args.overrides, _model_of_weights(args))
     split = "val" if args.command == "validate" else "test"
     results = evaluate(cfg, args.weights, split, args.preset)
     for task, r in results.items():
@@ -445,7 +459,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     from flairkit.config import load_run_config
     from flairkit.training.run import predict
 
-    cfg = load_run_config(args.config, args.overrides)
+    cfg = load_run_config(args.config, args.overrides, _model_of_weights(args))
     written = predict(cfg, args.weights, args.split, args.out, args.probabilities, args.preset)
     folder = written[0].parent.parent if written else args.out
     print(f"wrote {len(written)} class maps to {folder}")

@@ -42,13 +42,14 @@ def describe_hub_error(exc: BaseException, where: str) -> HubError:
         reason = "no such repository, or it is private/gated (log in with `hf auth login`)"
     elif isinstance(exc, errors.RevisionNotFoundError):
         reason = "no such revision (branch, tag or commit)"
-    elif isinstance(exc, errors.EntryNotFoundError | errors.RemoteEntryNotFoundError):
-        reason = "no such file in the repository"
     elif isinstance(exc, errors.LocalEntryNotFoundError | errors.OfflineModeIsEnabled):
+        # before EntryNotFoundError: the client's "not cached" is a subclass of it
         reason = (
             "not in the local hub cache and the hub cannot be reached "
             "(HF_HUB_OFFLINE=1, or no network)"
         )
+    elif isinstance(exc, errors.EntryNotFoundError | errors.RemoteEntryNotFoundError):
+        reason = "no such file in the repository"
     elif isinstance(exc, errors.HfHubHTTPError):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else name
         reason = f"the hub answered an error: {first}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -247,13 +247,20 @@ class RunConfig:
                     )
 
 
-def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+def load_run_config(
+    path: str | Path | None,
+    overrides: list[str] | None = None,
+    model_default: Callable[[], ModelConfig] | None = None,
+) -> RunConfig:
     """Read a run YAML (plus overrides) into a validated RunConfig.
 
     ``model.preset: LC-D`` fills the model's inputs, tasks, patch sizes and auxiliary heads
     from the benchmark preset; keys given next to it override those. ``preprocess`` defaults
     to the benchmark's preparation of the model's inputs and tasks. Relative paths are
     resolved against the YAML's folder.
+
+    ``model_default`` gives the model of a config without a ``model`` section (``flairkit test
+    --weights hf:...`` scores the model it names: the config then only says which data).
 
     Raises:
         ConfigError: with the dotted path of the bad key.
@@ -275,7 +282,10 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
         model_raw = {**preset_fields, **model_raw}
     if "pretrained_path" in model_raw and model_raw["pretrained_path"]:
         model_raw["pretrained_path"] = str(resolve_path(base, model_raw["pretrained_path"]))
-    model = from_dict(ModelConfig, model_raw, "model")
+    if not model_raw and preset is None and model_default is not None:
+        model = model_default()
+    else:
+        model = from_dict(ModelConfig, model_raw, "model")
     pre_raw = section(raw, "preprocess")
     default_pre = to_dict(preprocess_config_for(list(model.inputs), tuple(model.tasks)))
     preprocess = from_dict(PreprocessConfig, merge_sections(default_pre, pre_raw), "preprocess")
