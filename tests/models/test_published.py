@@ -9,6 +9,7 @@ logits the official code computed (``shared/reference-golden``).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -23,6 +24,7 @@ from safetensors.torch import save as save_safetensors
 
 from flairkit.checkpoint import load_model, published_recipe, read_model_recipe
 from flairkit.cli import main
+from flairkit.config import load_zone_config
 from flairkit.hub import HubError
 from flairkit.modalities import Modality, Task
 from flairkit.model_ref import parse_model_ref
@@ -245,3 +247,26 @@ def test_lc_a_through_a_hub_id(tmp_path: Path, real_size_root: Path) -> None:
         }))  # fmt: skip
         assert main(["map", "--config", str(zone)]) == 0
         assert (tmp_path / "lc_a.tif").is_file()
+
+
+def test_bad_references_are_one_line_exit_2(
+    hub: StandInHub, real_size_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(_run_yaml(tmp_path, real_size_root))
+    cases = {
+        "hf:nope": r"hf:nope: expected hf:<org>/<repo>\[@<revision>\]",
+        "hf:IGNF/FLAIR-HUB_LC-Z_utae": r"hf:IGNF/FLAIR-HUB_LC-Z_utae file .*: no such repository",
+        f"hf:{LC_G}@v9": rf"hf:{LC_G}@v9 file .*: no such revision",
+        str(tmp_path / "absent.ckpt"): r"absent\.ckpt: model file not found",
+    }
+    for ref, pattern in cases.items():
+        assert main(["test", "--config", config, "--weights", ref]) == 2, ref
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and re.search(pattern, err), (ref, err)
+    with pytest.raises(
+        Exception,
+        match=r"^model: hf:IGNF/FLAIR-HUB_LC-G_utae: the name says preset LC-G, but preset LC-A was given",
+    ):
+        load_zone_config(
+            None, [f"model=hf:{LC_G}", "model_preset=LC-A", "inputs.S2=x.tif", "output=o.tif"]
+        )
