@@ -45,7 +45,7 @@ from flairkit.io.patches import PatchRef
 from flairkit.io.raster import read_patch_px
 from flairkit.io.writers import write_class_map
 from flairkit.modalities import Modality, Task, class_table
-from flairkit.model_ref import parse_model_ref
+from flairkit.model_ref import HUB_PREFIX, parse_model_ref
 from flairkit.models.presets import get_preset
 from flairkit.models.winograd import use_winograd
 from flairkit.presets import preset_model_fields
@@ -661,6 +661,8 @@ def _check_resumable(cfg: RunConfig, previous_path: Path) -> None:
 def _weights_for(cfg: RunConfig, weights: str | Path | None) -> str | Path:
     """The model reference to score: ``--weights`` (a file or a hub id), else the run's model."""
     if weights:
+        if not str(weights).strip().startswith(HUB_PREFIX) and not Path(weights).is_file():
+            raise FileNotFoundError(f"{weights}: no trained model (model file not found)")
         return weights
     path = Path(cfg.train.output_dir) / "model.safetensors"
     if not path.is_file():
