@@ -40,6 +40,7 @@ LAYER_OF = {
     "flairkit.training": "training",
     "flairkit.synth": "tools",
     "flairkit.synth_zone": "tools",
+    "flairkit.download": "tools",
     "flairkit.check": "tools",
     "flairkit.check_files": "tools",
     "flairkit.show": "tools",

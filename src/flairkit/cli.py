@@ -275,7 +275,47 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_commands(sub)
     _add_map(sub)
     _add_check(sub)
+    _add_download(sub)
     return parser
+
+
+def _add_download(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "download",
+        help="fetch FLAIR-HUB archives from the hub: a selection, verified, extracted, resumable",
+        description=(
+            "Download part of FLAIR-HUB from its Hugging Face repository: the archives of the "
+            "selected departments/domain-years, years and modalities (or of a split), fetched "
+            "in parallel, checked against the listing's sha256 and extracted atomically into "
+            "OUT. Running it again resumes and skips what is complete. HF_ENDPOINT, HF_TOKEN "
+            "and HF_HUB_OFFLINE are honoured."
+        ),
+    )
+    p.add_argument("out", type=Path, help="dataset root to write (created if missing)")
+    p.add_argument(
+        "--departments", "--domains", nargs="+", default=[], metavar="D",
+        help="departments (D004) and/or domain-years (D004-2021); default: all",
+    )  # fmt: skip
+    p.add_argument("--years", nargs="+", default=[], help="survey years, e.g. 2021")
+    p.add_argument(
+        "--modalities", nargs="+", default=[],
+        help="modality folders (AERIAL_RGBI, SENTINEL2_TS, AERIAL_LABEL-COSIA, aliases); default: all",
+    )  # fmt: skip
+    p.add_argument(
+        "--split", choices=["train", "val", "test"],
+        help="only the domain-years a split needs (read from the split GeoPackage)",
+    )  # fmt: skip
+    p.add_argument("--split-column", default="split_1", help="split column (default split_1)")
+    p.add_argument("--toy", action="store_true", help="the toy dataset (~750 MB) instead")
+    p.add_argument("--toy-url", default=None, help="where the toy archive is (default: IGN's)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="list what would be fetched, fetch nothing"
+    )
+    p.add_argument("--workers", type=int, default=4, help="parallel downloads (default 4)")
+    p.add_argument("--repo", default=None, help="dataset repository (default IGNF/FLAIR-HUB)")
+    p.add_argument("--revision", default=None, help="branch, tag or commit of the repository")
+    p.add_argument("--keep-archives", action="store_true", help="keep the zips after extraction")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _run_synth(args: argparse.Namespace) -> int:
@@ -511,6 +551,58 @@ def _run_check(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def _run_download(args: argparse.Namespace) -> int:
+    from flairkit import download as dl
+
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder (OUT is the dataset root to write)")
+    if args.workers < 1:
+        raise UserError(f"--workers: must be at least 1, got {args.workers}")
+    progress = not args.no_progress and sys.stderr.isatty()
+    if args.toy:
+        if args.dry_run:
+            print(f"would fetch the toy dataset from {args.toy_url or dl.TOY_URL} into {out}")
+            return 0
+        root = dl.download_toy(out, args.toy_url or dl.TOY_URL, progress)
+        print(f"dataset root: {root}")
+        return 0
+    selection = dl.parse_selection(args.departments, args.years, args.modalities)
+    listing = dl.list_archives(args.repo or dl.DATASET_REPO, args.revision)
+    domains = None
+    if args.split:
+        if args.dry_run:
+            print("(--split: the metadata archive is fetched to read the split)")
+        metadata = dl.fetch_metadata(out, listing, progress)
+        domains = dl.split_domains(metadata, args.split, args.split_column)
+    chosen = dl.select(listing, selection, domains)
+    if listing.metadata is not None and listing.metadata not in chosen:
+        chosen.insert(0, listing.metadata)  # the split and dates GeoPackages: always
+    complete = [a for a in chosen if dl.is_complete(out, a)]
+    total = sum(a.size for a in chosen if a not in complete)
+    print(
+        f"{listing.repo_id}@{listing.commit[:12]}: {len(chosen)} archives selected, "
+        f"{len(complete)} already complete, {dl.human_bytes(total)} to fetch"
+    )
+    if args.dry_run:
+        for a in chosen:
+            state = "complete" if a in complete else dl.human_bytes(a.size)
+            print(f"  {a.path:<52} {state:>10}")
+        return 0
+    report = dl.download_archives(out, listing, chosen, args.workers, progress, args.keep_archives)
+    print(
+        f"fetched {len(report.fetched)} archives ({dl.human_bytes(report.bytes_fetched)}), "
+        f"skipped {len(report.skipped)} complete"
+        + (
+            f", fetched again after a bad sha256: {len(report.refetched)}"
+            if report.refetched
+            else ""
+        )
+    )
+    print(f"dataset root: {out}  (next: flairkit info {out}; flairkit check {out})")
+    return 0
+
+
 _COMMANDS = {
     "synth": _run_synth,
     "info": _run_info,
@@ -522,6 +614,7 @@ _COMMANDS = {
     "predict": _run_predict,
     "map": _run_map,
     "check": _run_check,
+    "download": _run_download,
 }
 
 
