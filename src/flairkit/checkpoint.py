@@ -43,6 +43,7 @@ from flairkit.models.official import (
     state_mismatch,
 )
 from flairkit.models.segmenter import MultiModalSegmenter
+from flairkit.models.transfer import TransferReport
 from flairkit.presets import PRESETS
 
 METADATA_KEY = "flairkit"
@@ -87,7 +88,7 @@ def save_model(
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "flairkit_version": __version__,
-        "model": to_dict(model_config),
+        "model": to_dict(dataclasses.replace(model_config, init_from=None)),
         "preprocess": to_dict(preprocess),
         **(extra or {}),
     }
@@ -186,7 +187,7 @@ def _recipe_configs(path: Path, recipe: Mapping[str, Any]) -> tuple[ModelConfig,
         raise WeightsError(f"{path}: bad recipe: {exc}") from exc
     # The file's weights replace any pretrained backbone: its pretrained_path (a file of the
     # machine that trained it) is not read.
-    return dataclasses.replace(model_config, pretrained_path=None), preprocess
+    return dataclasses.replace(model_config, pretrained_path=None, init_from=None), preprocess
 
 
 def load_model(
@@ -433,3 +434,31 @@ def _check_fits(path: Path, model: MultiModalSegmenter, state: Mapping[str, Tens
         raise WeightsError(
             f"{path}: {mismatch}; the tensors do not fit the model its recipe describes"
         )
+
+
+def init_from_reference(
+    model: MultiModalSegmenter, ref: str | Path, strict: bool = True
+) -> TransferReport:
+    """Load what fits of a model reference into ``model`` (``model.init_from`` of ``fit``).
+
+    Raises:
+        FileNotFoundError: no such file (named with the config key).
+        WeightsError / HubError (ValueError): an unreadable file, a hub file not to be had, or
+            (``strict``) tensors that do not fit; one line naming ``model.init_from``.
+    """
+    from flairkit.models.transfer import transfer_weights
+
+    try:
+        _, path = resolve_model_ref(ref)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"model.init_from: {exc}") from exc
+    except ValueError as exc:
+        raise type(exc)(f"model.init_from: {exc}") from exc
+    weights = read_model_weights(path)
+    return transfer_weights(
+        model,
+        weights.state,
+        published=weights.published,
+        strict=strict,
+        where=f"model.init_from: {path}: ",
+    )

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # timm's bias-ta
 
 #: Too big to build for real in a default (2-core CPU) run; their structure is checked on meta.
 BIG = {
+    "swin_base_patch4_window7_224",
     "swin_base_patch4_window12_384",
     "swin_large_patch4_window12_384",
     "convnext_base",

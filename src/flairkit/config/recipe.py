@@ -18,6 +18,7 @@ from flairkit.modalities import (
     Modality,
     Task,
 )
+from flairkit.model_ref import ModelRefError, parse_model_ref
 from flairkit.presets import preset_model_fields
 
 Norm = Literal["custom", "scaling", "none"]
@@ -144,6 +145,12 @@ class ModelConfig:
         pretrained_path: local weights file for the mono-temporal backbones (never downloaded).
         new_channels_init: how channels beyond RGB are initialised from pretrained RGB weights.
         out_px: side of the output (label) grid in pixels for a patch (512 at 0.2 m).
+        init_from: ``fit`` starts from this model's weights (a model reference: a flairkit
+            file, a published FLAIR-HUB file or ``hf:<org>/<repo>[@<revision>]``): what fits
+            is loaded, heads of another class count are re-initialised, Swin position tables
+            of another window are resized (``models.transfer``). Not kept in model files.
+        init_strict: refuse (true) or skip and list (false) anything else of ``init_from``
+            that does not fit.
     """
 
     inputs: Mapping[Modality, int]
@@ -156,6 +163,8 @@ class ModelConfig:
     pretrained_path: Path | None = None
     new_channels_init: str = "mean"
     out_px: int = 512
+    init_from: str | None = None
+    init_strict: bool = True
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -174,6 +183,11 @@ class ModelConfig:
             )
         if "-" not in self.arch:
             raise ConfigError(f"model.arch: expected '<encoder>-<decoder>', got {self.arch!r}")
+        if self.init_from is not None:
+            try:
+                parse_model_ref(self.init_from)
+            except ModelRefError as exc:
+                raise ConfigError(f"model.init_from: {exc}") from exc
 
 
 def default_modality_config(modality: Modality) -> ModalityConfig:

@@ -30,6 +30,7 @@ from flairkit.config.recipe import (
     preset_config,
 )
 from flairkit.modalities import Task
+from flairkit.model_ref import HUB_PREFIX
 
 #: Classes the benchmark leaves out of its loss and scores (spec section 4): COSIA 15-18; for
 #: LPIS the card removes two unnamed classes, 21 and 22 are the spec's (unverified) candidates.
@@ -160,6 +161,9 @@ class TrainConfig:
             through Winograd F(4,3)/F(2,3) (``flairkit.models.winograd``): same results to
             ~1e-5 relative, a ResNet18 U-Net step ~17 % faster. Evaluation, prediction and maps
             always use the direct convolution. No effect on a GPU or under mixed precision.
+        freeze_encoders_epochs: the encoders (image and time series) do not learn during the
+            first N epochs (no gradient, no weight decay, norm statistics frozen), so that
+            re-initialised heads adapt to a model given by ``model.init_from`` first.
     """
 
     output_dir: Path = Path("runs/flairkit")
@@ -177,6 +181,7 @@ class TrainConfig:
     limit_train_batches: int | float = 1.0
     limit_val_batches: int | float = 1.0
     log_every_n_steps: int = 10
+    freeze_encoders_epochs: int = 0
     progress_bar: bool = True
     winograd: bool = True
 
@@ -187,6 +192,7 @@ class TrainConfig:
         at_least("train.accumulate_grad_batches", self.accumulate_grad_batches, 1)
         at_least("train.num_nodes", self.num_nodes, 1)
         at_least("train.log_every_n_steps", self.log_every_n_steps, 1)
+        at_least("train.freeze_encoders_epochs", self.freeze_encoders_epochs, 0)
         if self.early_stopping_patience is not None:
             at_least("train.early_stopping_patience", self.early_stopping_patience, 0)
         if isinstance(self.devices, int):
@@ -282,6 +288,9 @@ def load_run_config(
         model_raw = {**preset_fields, **model_raw}
     if "pretrained_path" in model_raw and model_raw["pretrained_path"]:
         model_raw["pretrained_path"] = str(resolve_path(base, model_raw["pretrained_path"]))
+    init_from = model_raw.get("init_from")
+    if isinstance(init_from, str) and init_from and not init_from.startswith(HUB_PREFIX):
+        model_raw["init_from"] = str(resolve_path(base, init_from))
     if not model_raw and preset is None and model_default is not None:
         model = model_default()
     else:

@@ -133,6 +133,7 @@ def _resnet(name: str) -> Callable[[int, int], TimmEncoder]:
 ENCODERS: dict[str, Callable[[int, int], TimmEncoder]] = {
     "swin_tiny_patch4_window7_224": _swin("swin_tiny_patch4_window7_224"),
     "swin_small_patch4_window7_224": _swin("swin_small_patch4_window7_224"),
+    "swin_base_patch4_window7_224": _swin("swin_base_patch4_window7_224"),
     "swin_base_patch4_window12_384": _swin("swin_base_patch4_window12_384"),
     "swin_large_patch4_window12_384": _swin("swin_large_patch4_window12_384"),
     "convnext_tiny": _convnext("convnext_tiny"),

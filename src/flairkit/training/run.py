@@ -15,6 +15,7 @@ import csv
 import json
 import logging
 import os
+import sys
 import zipfile
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -27,8 +28,15 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 
-from flairkit.checkpoint import NonFiniteWeightsError, load_model, nonfinite_tensors, save_model
+from flairkit.checkpoint import (
+    NonFiniteWeightsError,
+    init_from_reference,
+    load_model,
+    nonfinite_tensors,
+    save_model,
+)
 from flairkit.config import (
     ConfigError,
     LossConfig,
@@ -66,12 +74,14 @@ class FitResult:
         last_checkpoint: checkpoint of the last epoch (resume point).
         model_path: ``model.safetensors``: best weights + recipe, for predict and maps.
         val_scores: validation scores of the best model per task.
+        init_summary: what ``model.init_from`` loaded (None without it, or on a resume).
     """
 
     best_checkpoint: Path
     last_checkpoint: Path
     model_path: Path
     val_scores: dict[str, Any]
+    init_summary: str | None = None
 
 
 def make_catalog(cfg: RunConfig) -> Catalog:
@@ -270,6 +280,15 @@ def fit(cfg: RunConfig, resume: bool | str = "auto", callbacks: list | None = No
     if resuming:  # before config.yaml is replaced: the run's recipe must stay the checkpoint's
         _check_resume_fits(last, resume_point, task)
         del resume_point
+    init_summary = None
+    if cfg.model.init_from and not resuming:  # a resumed run takes its weights from last.ckpt
+        report = init_from_reference(task.model, cfg.model.init_from, cfg.model.init_strict)
+        init_summary = f"model.init_from {cfg.model.init_from}: {report.summary()}"
+        log.info("%s", init_summary)
+        if getattr(rank_zero_only, "rank", 0) == 0:  # (set by Lightning on the function)
+            print(init_summary, file=sys.stderr, flush=True)
+    if cfg.train.freeze_encoders_epochs:
+        callbacks = [*(callbacks or []), FreezeEncoders(cfg.train.freeze_encoders_epochs)]
     out.mkdir(parents=True, exist_ok=True)  # once the config and the data are known good
     save_run_config(cfg, out / "config.yaml")
     if cfg.train.winograd:  # CPU float32 training only; see TrainConfig
@@ -304,7 +323,7 @@ def fit(cfg: RunConfig, resume: bool | str = "auto", callbacks: list | None = No
             },
         )
     val = json.loads(val_path.read_text()) if val_path.is_file() else {}
-    return FitResult(best, last, model_path, val)
+    return FitResult(best, last, model_path, val, init_summary)
 
 
 def check_accelerator(name: str) -> None:
@@ -585,6 +604,40 @@ class _PatchSizeContract(L.Callback):
         sizes = PatchSizes.of(pl_module.model_config)
         for dataset in datamodule.datasets.values():
             dataset.sizes = sizes
+
+
+class FreezeEncoders(L.Callback):
+    """The encoders (``model.encoders``, ``model.temporal``) do not learn in the first epochs.
+
+    Frozen parameters get no gradient, so AdamW neither steps nor decays them, and their
+    modules run in eval mode (norm statistics unchanged). The state follows from the epoch
+    number alone, so a resumed run freezes exactly as an uninterrupted one.
+    """
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def _encoders(self, pl_module: L.LightningModule) -> list[torch.nn.Module]:
+        model = cast(SegmentationTask, pl_module).model
+        return [*model.encoders.values(), *model.temporal.values()]
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        frozen = trainer.current_epoch < self.epochs
+        for module in self._encoders(pl_module):
+            module.requires_grad_(not frozen)
+        if trainer.current_epoch == self.epochs and self.epochs:
+            log.info("encoders unfrozen at epoch %d", self.epochs)
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.current_epoch < self.epochs:  # Lightning sets train mode after validation
+            for module in self._encoders(pl_module):
+                module.eval()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for module in self._encoders(pl_module):
+            module.requires_grad_(True)
 
 
 class _ValScoresWriter(L.Callback):
