@@ -276,7 +276,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_map(sub)
     _add_check(sub)
     _add_download(sub)
+    _add_pack(sub)
     return parser
+
+
+def _add_pack(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pack",
+        help="pack a dataset into LitData shards for streaming training (resumable, appendable)",
+        description=(
+            "Convert patches (a dataset root, a CSV list or a folder of lists) into LitData "
+            "shards, one folder per split and domain-year, every modality in its native dtype "
+            "with dates, georeferences, patch id, domain and split. Train on the result by "
+            "giving it as data.root. An interrupted pack resumes; packing more domains into "
+            "the same OUT appends them."
+        ),
+    )
+    p.add_argument("source", type=Path, help="dataset root, CSV list or folder of lists")
+    p.add_argument("out", type=Path, help="the packed dataset's folder")
+    p.add_argument("--modalities", nargs="+", default=[], help="modalities to keep (default all)")
+    p.add_argument("--split", choices=["train", "val", "test"], help="only this split")
+    p.add_argument("--departments", nargs="+", default=[], help="only these departments")
+    p.add_argument("--years", nargs="+", default=[], help="only these years")
+    p.add_argument("--workers", type=int, default=1, help="folders packed in parallel")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _add_download(sub: argparse._SubParsersAction) -> None:
@@ -603,6 +626,31 @@ def _run_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_pack(args: argparse.Namespace) -> int:
+    from flairkit.data.packed import pack
+    from flairkit.io.catalog import Catalog
+
+    if args.workers < 1:
+        raise UserError(f"--workers: must be at least 1, got {args.workers}")
+    if not args.source.exists():
+        raise UserError(f"{args.source}: no such dataset root or list")
+    modalities = [Modality.parse(m) for m in args.modalities]
+    catalog = Catalog.open(args.source).filter(
+        departments=args.departments or None,
+        years=args.years or None,
+        split=args.split,
+    )
+    if not catalog.refs:
+        raise UserError(f"{args.source}: no patch matches the selection")
+    progress = not args.no_progress and sys.stderr.isatty()
+    summary = pack(catalog, args.out, modalities or None, args.workers, progress)
+    print(
+        f"packed {summary.num_patches} patches into {len(summary.written)} folders "
+        f"({len(summary.skipped)} already complete): {summary.root}"
+    )
+    return 0
+
+
 _COMMANDS = {
     "synth": _run_synth,
     "info": _run_info,
@@ -615,6 +663,7 @@ _COMMANDS = {
     "map": _run_map,
     "check": _run_check,
     "download": _run_download,
+    "pack": _run_pack,
 }
 
 

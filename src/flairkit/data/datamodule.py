@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from flairkit.config import PreprocessConfig
 from flairkit.data.datasets import PatchDataset
+from flairkit.data.packed import PackedReader, is_packed
 from flairkit.io.catalog import Catalog
 from flairkit.io.dates import DatesIndex
 from flairkit.modalities import Modality
@@ -76,7 +77,12 @@ class FlairDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets; date tables are loaded here, once, before workers fork."""
-        if self.dates is None and self._needs_dates():
+        packed = (
+            PackedReader(self.catalog.root)
+            if self.catalog.root is not None and is_packed(self.catalog.root)
+            else None
+        )
+        if packed is None and self.dates is None and self._needs_dates():
             if self.catalog.root is None:
                 raise ValueError("time-series inputs need the dataset root for the date tables")
             ids = [r.patch_id for r in self.catalog.refs]
@@ -86,7 +92,9 @@ class FlairDataModule(L.LightningDataModule):
                 continue
             refs = self.catalog.filter(split=split).refs
             augment = self.augment if split == "train" else None
-            self.datasets[split] = PatchDataset(refs, self.preprocessor, self.dates, augment)
+            self.datasets[split] = PatchDataset(
+                refs, self.preprocessor, self.dates, augment, packed=packed
+            )
             log.info("%s: %d patches", split, len(refs))
 
     def _loader(self, split: str, shuffle: bool, drop_last: bool = False) -> DataLoader:

@@ -14,6 +14,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from flairkit.config import ModelConfig
+from flairkit.data.packed import PackedReader
 from flairkit.io.dates import DatesIndex
 from flairkit.io.patches import PatchRef, read_patch
 from flairkit.io.raster import DataError
@@ -95,6 +96,8 @@ class PatchDataset(Dataset[Sample]):
         num_threads: reader threads per process (default ``FLAIRKIT_READ_THREADS`` or 4).
         sizes: the patch sizes of the model the samples feed: a patch of another size is a
             DataError naming its file and the config key (None: no check).
+        packed: the reader of a packed dataset (``data.packed.PackedReader``): patches are read
+            from its shards instead of the TIFFs (then ``dates`` is not needed).
     """
 
     def __init__(
@@ -105,8 +108,10 @@ class PatchDataset(Dataset[Sample]):
         augment: FlipRotate | None = None,
         num_threads: int | None = None,
         sizes: PatchSizes | None = None,
+        packed: PackedReader | None = None,
     ) -> None:
         self.refs = list(refs)
+        self.packed = packed
         self.preprocess = preprocess
         self.dates = dates
         self.augment = augment
@@ -118,7 +123,10 @@ class PatchDataset(Dataset[Sample]):
         return len(self.refs)
 
     def _load(self, index: int, num_threads: int | None = None) -> Sample:
-        raw = read_patch(self.refs[index], self.modalities, self.dates, num_threads)
+        if self.packed is not None:
+            raw = self.packed.read(self.refs[index].patch_id, self.modalities)
+        else:
+            raw = read_patch(self.refs[index], self.modalities, self.dates, num_threads)
         if self.sizes is not None:
             self.sizes.check_sample(raw)
         return self.preprocess(raw)

@@ -48,6 +48,7 @@ from flairkit.config import (
 )
 from flairkit.data.datamodule import FlairDataModule
 from flairkit.data.datasets import PatchSizes
+from flairkit.data.packed import PackedReader, catalog_of_pack, is_packed
 from flairkit.io.catalog import Catalog
 from flairkit.io.patches import PatchRef
 from flairkit.io.raster import read_patch_px
@@ -86,7 +87,10 @@ class FitResult:
 
 def make_catalog(cfg: RunConfig) -> Catalog:
     """The catalog of the run: root, split method, department filter, per-split cap."""
-    catalog = Catalog.open(cfg.data.root, split=cfg.data.split)
+    if is_packed(cfg.data.root):  # flairkit pack output: the manifest lists patches and splits
+        catalog = catalog_of_pack(cfg.data.root)
+    else:
+        catalog = Catalog.open(cfg.data.root, split=cfg.data.split)
     if cfg.data.departments:
         catalog = catalog.filter(departments=cfg.data.departments)
     if cfg.data.max_patches:
@@ -136,7 +140,7 @@ def model_sizes(cfg: RunConfig, catalog: Catalog) -> PatchSizes:
     """
 
     def header_px(modality: Modality) -> int:
-        width, _ = read_patch_px(_first_patch(catalog).path(modality), modality)
+        width, _ = _patch_px(catalog, _first_patch(catalog), modality)
         return width
 
     preset_px = preset_model_fields(cfg.preset)["img_sizes"] if cfg.preset else {}
@@ -152,6 +156,13 @@ def model_sizes(cfg: RunConfig, catalog: Catalog) -> PatchSizes:
     if abs(out_px - round(out_px)) < 1e-6 and round(out_px) > 0:
         return PatchSizes(img_sizes, round(out_px))
     return PatchSizes(img_sizes, header_px(label))
+
+
+def _patch_px(catalog: Catalog, ref: PatchRef, modality: Modality) -> tuple[int, int]:
+    """A patch file's (width, height): its TIFF header, or a packed dataset's manifest."""
+    if catalog.root is not None and is_packed(catalog.root):
+        return PackedReader(catalog.root).patch_px(ref.patch_id, modality)
+    return read_patch_px(ref.path(modality), modality)
 
 
 def _first_patch(catalog: Catalog, split: str = "train") -> PatchRef:
@@ -175,7 +186,7 @@ def check_patch_headers(cfg: RunConfig, catalog: Catalog, sizes: PatchSizes) -> 
     ref = _first_patch(catalog)
     labels = [t.modality for t in cfg.model.tasks]
     for modality in [*cfg.model.inputs, *labels]:
-        width, height = read_patch_px(ref.path(modality), modality)
+        width, height = _patch_px(catalog, ref, modality)
         sizes.check(ref.path(modality), modality, width, height)
 
 
