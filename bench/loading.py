@@ -5,7 +5,10 @@ Sentinel series) unless --root is given, then measures, for
   (a) aerial + COSIA, and
   (b) all seven inputs + S2 masks + COSIA + LPIS,
 samples/s and peak RSS through a DataLoader with 0 and 2 workers, and the rate of
-`rasterio.open(path).read()` on the same files with no processing (the "ceiling").
+`rasterio.open(path).read()` on the same files with no processing (the "ceiling"). The same
+files are then packed (`flairkit pack`, LitData shards) and read again through the packed
+reader ("packed_<w>_workers" rows); the pack's throughput, files and bytes before/after are
+reported under "pack".
 Each configuration runs in a fresh subprocess so its peak RSS is its own.
 
 Usage: python bench/loading.py [--root DIR] [--passes 3] [--workers 0 2]
@@ -43,7 +46,7 @@ def _peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # Linux: kilobytes
 
 
-def _build(root: Path, config: dict):
+def _build(root: Path, config: dict, packed: Path | None = None):
     from flairkit.config import preprocess_config_for
     from flairkit.data.datasets import PatchDataset
     from flairkit.io.catalog import Catalog
@@ -51,10 +54,15 @@ def _build(root: Path, config: dict):
     from flairkit.modalities import Modality, Task
     from flairkit.transforms.preprocess import Preprocessor
 
-    catalog = Catalog.scan(root)
     inputs = [Modality(m) for m in config["inputs"]]
     tasks = tuple(Task(t) for t in config["tasks"])
     preprocess = Preprocessor(preprocess_config_for(inputs, tasks))
+    if packed is not None:
+        from flairkit.data.packed import PackedReader, catalog_of_pack
+
+        catalog = catalog_of_pack(packed)
+        return catalog, PatchDataset(catalog.refs, preprocess, packed=PackedReader(packed))
+    catalog = Catalog.scan(root)
     dates = None
     if any(m.spec.is_time_series for m in inputs):
         dates = DatesIndex(root).load(preprocess.required_modalities)
@@ -62,13 +70,16 @@ def _build(root: Path, config: dict):
 
 
 def run_one(root: Path, name: str, mode: str, workers: int, passes: int) -> dict:
-    """Measure one configuration in this process."""
+    """Measure one configuration in this process (``packed``: ``root`` is the pack)."""
     import rasterio
     from torch.utils.data import DataLoader
 
     from flairkit.sample import collate
 
-    catalog, dataset = _build(root, CONFIGS[name])
+    if mode == "packed":
+        catalog, dataset = _build(root, CONFIGS[name], packed=root)
+    else:
+        catalog, dataset = _build(root, CONFIGS[name])
     n = len(dataset)
     if mode == "rasterio":
         paths = [ref.path(m) for ref in catalog.refs for m in dataset.modalities]
@@ -121,6 +132,28 @@ def _make_root(tmp: Path, seed: int) -> Path:
     return root
 
 
+def _files_and_bytes(root: Path) -> tuple[int, int]:
+    files = [p for p in root.rglob("*") if p.is_file()]
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def _pack(root: Path, out: Path, workers: int) -> dict:
+    from flairkit.data.packed import pack
+    from flairkit.io.catalog import Catalog
+
+    catalog = Catalog.scan(root)
+    start = time.perf_counter()
+    summary = pack(catalog, out, workers=workers, progress=False)
+    seconds = time.perf_counter() - start
+    before, after = _files_and_bytes(root), _files_and_bytes(out)
+    return {
+        "patches_per_s": round(summary.num_patches / seconds, 2),
+        "workers": workers,
+        "files_before": before[0], "files_after": after[0],
+        "bytes_before": before[1], "bytes_after": after[1],
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, help="existing dataset root (default: generate one)")
@@ -137,18 +170,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = args.root or _make_root(Path(tmp), seed=0)
         result: dict = {"bench": "loading", "passes": args.passes}
+        packed = Path(tmp) / "packed"
+        result["pack"] = _pack(root, packed, max(args.workers))
         for name in CONFIGS:
             runs = [("rasterio", 0)] + [("flairkit", w) for w in args.workers]
+            runs += [("packed", w) for w in args.workers]
             entry: dict = {}
             for mode, workers in runs:
                 cmd = [sys.executable, __file__, "--root", str(root), "--passes", str(args.passes)]
+                if mode == "packed":
+                    cmd[3] = str(packed)
                 out = subprocess.run(
                     [*cmd, "--one", name, mode, str(workers)],
                     check=True,
                     capture_output=True,
                     text=True,
                 )
-                key = "rasterio_alone" if mode == "rasterio" else f"flairkit_{workers}_workers"
+                key = "rasterio_alone" if mode == "rasterio" else f"{mode}_{workers}_workers"
                 entry[key] = json.loads(out.stdout.strip().splitlines()[-1])
             ceiling = entry["rasterio_alone"]["samples_per_s"]
             for key, value in entry.items():
