@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import zipfile
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from threading import Thread
 
@@ -96,7 +97,11 @@ def test_dry_run_of_a_split_reads_the_split_geopackage(
 
 
 def test_download_reads_with_info_and_equals_the_source(
-    hub: StandInHub, synthetic: SynthSummary, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    hub: StandInHub,
+    archives: dict[str, bytes],
+    synthetic: SynthSummary,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "ds"
     argv = [
@@ -110,7 +115,10 @@ def test_download_reads_with_info_and_equals_the_source(
         "3",
     ]
     assert main(argv) == 0
-    assert "fetched 21 archives" in capsys.readouterr().out  # 2 x (9 + PAN) + metadata
+    # 2 x (9 + PAN) + metadata; the bar's bytes are the listing's sizes of those 21 archives
+    fetched = [p for p in archives if p.split("/")[1][:4] in ("D006", "D012", "GLOB")]
+    total = dl.human_bytes(sum(len(archives[p]) for p in fetched))
+    assert f"fetched 21 archives ({total})" in capsys.readouterr().out
     source = Path(synthetic.root)
     for tif in (source / "D012-2019_SENTINEL2_TS").rglob("*.tif"):
         assert (out / tif.relative_to(source)).read_bytes() == tif.read_bytes()
@@ -120,6 +128,8 @@ def test_download_reads_with_info_and_equals_the_source(
     assert main(["info", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["num_patches"] == len(expected)
+    assert main(["check", str(out), "--report", str(tmp_path / "check.json")]) == 0
+    assert "no problems found" in capsys.readouterr().out
     assert not list((out / dl.WORK_DIR).rglob("*.zip"))  # our zips are removed once extracted
     # a rerun fetches nothing
     requests = len(hub.requests)
@@ -160,6 +170,35 @@ def test_an_interrupted_download_resumes_without_refetching(
     assert all(dl.is_complete(out, a) for a in chosen)
     assert not (out / todo[0].name / "partial.tif").exists()
     assert Catalog.open(out).refs
+
+
+def test_ctrl_c_is_one_line_130_and_the_rerun_finishes(
+    hub: StandInHub,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "ds"
+    argv = ["download", str(out), "--domains", "D006-2020", "--no-progress", "--workers", "1"]
+    extract = dl.extract_archive
+    calls: list[str] = []
+
+    def interrupted(out: Path, archive: dl.Archive, zip_path: Path) -> int:
+        calls.append(archive.name)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return extract(out, archive, zip_path)
+
+    monkeypatch.setattr(dl, "extract_archive", interrupted)
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "interrupted" in err, err
+    assert not (out / calls[2]).exists()  # the interrupted archive left no folder
+    monkeypatch.setattr(dl, "extract_archive", extract)
+    assert main(argv) == 0
+    assert "skipped 2 complete" in capsys.readouterr().out
+    for name in calls[:2]:
+        assert len(hub.downloads(f"data/{name}.zip")) == 1
 
 
 def test_a_corrupted_archive_is_fetched_again_or_reported(
@@ -220,10 +259,8 @@ def test_out_that_is_a_file(hub: StandInHub, tmp_path: Path, capsys) -> None:
     assert target.read_text() == "x"
 
 
-def test_toy_download_from_its_url(synthetic: SynthSummary, tmp_path: Path) -> None:
-    site = tmp_path / "site"
-    site.mkdir()
-    # the toy archive: one top folder holding the modality folders and GLOBAL_ALL_MTD
+def _toy_site(synthetic: SynthSummary, tmp_path: Path) -> bytes:
+    """The toy archive: one top folder holding modality folders and GLOBAL_ALL_MTD."""
     staging = tmp_path / "staging" / "FLAIR-HUB_TOY"
     for name in ("D012-2019_AERIAL_RGBI", "GLOBAL_ALL_MTD"):
         for path in (Path(synthetic.root) / name).rglob("*"):
@@ -231,23 +268,90 @@ def test_toy_download_from_its_url(synthetic: SynthSummary, tmp_path: Path) -> N
                 dest = staging / path.relative_to(synthetic.root)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 dest.write_bytes(path.read_bytes())
-    (site / "FLAIR-HUB_TOY_DATASET.zip").write_bytes(zip_folder(staging.parent, "FLAIR-HUB_TOY"))
+    return zip_folder(staging.parent, "FLAIR-HUB_TOY")
 
-    class Quiet(SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(site), **kwargs)
 
-        def log_message(self, *args):
-            pass
+class ToyServer:
+    """A plain HTTP server for one file, honouring ``Range``; it can hang up mid-body."""
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    Thread(target=server.serve_forever, daemon=True).start()
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.cut_after: int | None = None  # the next GET sends this many bytes, then hangs up
+        self.ranges: list[str | None] = []  # the Range header of each GET
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                server.ranges.append(self.headers.get("Range"))
+                start = 0
+                if match := re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or ""):
+                    start = int(match[1])
+                if start >= len(server.data) > 0:
+                    self.send_response(416)
+                    self.end_headers()
+                    return
+                body = server.data[start:]
+                self.send_response(206 if start else 200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if server.cut_after is not None:
+                    body, server.cut_after = body[: server.cut_after], None
+                    self.close_connection = True
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/FLAIR-HUB_TOY_DATASET.zip"
+
+
+def test_toy_download_from_its_url(synthetic: SynthSummary, tmp_path: Path) -> None:
+    data = _toy_site(synthetic, tmp_path)
+    site = ToyServer(data)
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/FLAIR-HUB_TOY_DATASET.zip"
-        root = dl.download_toy(tmp_path / "out", url, progress=False)
-        assert root == tmp_path / "out" / "FLAIR-HUB_TOY"
+        out = tmp_path / "out"
+        root = dl.download_toy(out, site.url, progress=False)
+        assert root == out / "FLAIR-HUB_TOY"
         assert len(Catalog.open(root).refs) == 8  # the 8 patches of D012-2019
-        server.shutdown()  # done once: a second run needs no server
-        assert dl.download_toy(tmp_path / "out", url, progress=False) == root
+        record = json.loads(dl.record_path(out, dl.Archive("FLAIR-HUB_TOY_DATASET.zip", 0, None)).read_text())  # fmt: skip
+        assert record["size"] == len(data) and record["root"] == "FLAIR-HUB_TOY"
+        assert not list((out / dl.WORK_DIR).rglob("*.zip*"))  # no zip or .part left
     finally:
-        server.shutdown()
+        site.httpd.shutdown()
+    # done once: a second run needs no server
+    assert dl.download_toy(out, site.url, progress=False) == root
+
+
+def test_toy_download_cut_mid_file_resumes_with_a_range(
+    synthetic: SynthSummary, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _toy_site(synthetic, tmp_path)
+    site = ToyServer(data)
+    site.cut_after = len(data) // 3
+    out = tmp_path / "out"
+    try:
+        argv = ["download", str(out), "--toy", "--toy-url", site.url, "--no-progress"]
+        assert main(argv) == 2  # the connection dropped: one line, nothing extracted
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "run again to resume" in err, err
+        assert not (out / "FLAIR-HUB_TOY").exists()
+        part = out / dl.WORK_DIR / "FLAIR-HUB_TOY_DATASET.zip.part"
+        assert part.stat().st_size == len(data) // 3
+        assert main(argv) == 0  # the rerun asks for the rest only
+        assert site.ranges == [None, f"bytes={len(data) // 3}-"]
+        assert len(Catalog.open(out / "FLAIR-HUB_TOY").refs) == 8
+        src = Path(synthetic.root) / "D012-2019_AERIAL_RGBI"
+        for tif in src.rglob("*.tif"):
+            copy = out / "FLAIR-HUB_TOY" / tif.relative_to(synthetic.root)
+            assert copy.read_bytes() == tif.read_bytes()
+        # a .part already whole (the server answers 416 to its range) is used as it is
+        (out / "again").mkdir()
+        whole = out / "again" / dl.WORK_DIR / "FLAIR-HUB_TOY_DATASET.zip.part"
+        whole.parent.mkdir(parents=True)
+        whole.write_bytes(data)
+        assert dl.download_toy(out / "again", site.url, progress=False).is_dir()
+        assert site.ranges[-1] == f"bytes={len(data)}-"
+    finally:
+        site.httpd.shutdown()

@@ -549,9 +549,6 @@ def download_toy(out: Path, url: str = TOY_URL, progress: bool = True) -> Path:
     Raises:
         DownloadError: the URL cannot be fetched or the archive is damaged.
     """
-    import urllib.error
-    import urllib.request
-
     archive = Archive(url.rsplit("/", 1)[-1] or "toy.zip", 0, None)
     record = record_path(out, archive)
     if record.is_file():
@@ -561,8 +558,35 @@ def download_toy(out: Path, url: str = TOY_URL, progress: bool = True) -> Path:
     zip_path = out / WORK_DIR / archive.path
     zip_path.parent.mkdir(parents=True, exist_ok=True)
     part = zip_path.with_name(zip_path.name + ".part")
+    _fetch_url(url, part, progress)
+    os.replace(part, zip_path)
+    tops = _zip_tops(zip_path, archive)
+    files = extract_archive(out, archive, zip_path)
+    root = tops[0] if len(tops) == 1 else "."
+    record.parent.mkdir(parents=True, exist_ok=True)
+    size = zip_path.stat().st_size  # no sha256 outside the hub listing: the size is recorded
+    payload = {"archive": url, "size": size, "files": files, "root": root}
+    tmp = record.with_name(f".{record.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, record)
+    zip_path.unlink(missing_ok=True)
+    return out / root
+
+
+def _fetch_url(url: str, part: Path, progress: bool) -> None:
+    """Fetch ``url`` into ``part``, asking only for the bytes a previous run did not get.
+
+    Raises:
+        DownloadError: the transfer failed or stopped short (what arrived is kept for the
+            next run).
+    """
+    import http.client
+    import urllib.error
+    import urllib.request
+
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    bar = None
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             if have and response.status != 206:
@@ -574,21 +598,21 @@ def download_toy(out: Path, url: str = TOY_URL, progress: bool = True) -> Path:
                 while block := response.read(2**20):
                     f.write(block)
                     bar.add(len(block))
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:
+            return  # nothing past what we have: the .part is whole (the zip check follows)
+        raise DownloadError(f"{url}: cannot fetch the toy dataset (HTTP {exc.code})") from exc
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        raise DownloadError(
+            f"{url}: cannot fetch the toy dataset ({exc}); run again to resume"
+        ) from exc
+    finally:
+        if bar is not None:
             bar.bar.close()
-    except (urllib.error.URLError, OSError) as exc:
-        raise DownloadError(f"{url}: cannot fetch the toy dataset ({exc})") from exc
     if total and part.stat().st_size != total:
         raise DownloadError(
-            f"{url}: incomplete ({part.stat().st_size} of {total} bytes); run again"
+            f"{url}: incomplete ({part.stat().st_size} of {total} bytes); run again to resume"
         )
-    os.replace(part, zip_path)
-    tops = _zip_tops(zip_path, archive)
-    files = extract_archive(out, archive, zip_path)
-    root = tops[0] if len(tops) == 1 else "."
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"archive": url, "files": files, "root": root}))
-    zip_path.unlink(missing_ok=True)
-    return out / root
 
 
 def _zip_tops(zip_path: Path, archive: Archive) -> list[str]:
