@@ -42,13 +42,15 @@ class TransferReport:
 
     Attributes:
         loaded: tensors copied from the file as they are.
-        reinitialised: class-layer tensors re-initialised, as ``key: file (..) -> model (..)``.
+        reinitialised: class-layer tensors re-initialised, as ``key: file (..) -> model (..)``,
+            or ``key: not in the file -> model (..)`` for a class layer the file does not have
+            (the head of another task; the block FLAIR-HUB appends to the U-TAE's ``out_conv``
+            when the class count is not its last width, as the reference's loader leaves it).
         resized: Swin tables resized, likewise.
         ignored: file keys not used: tensors the reference never runs, derived buffers, heads
             of tasks the model does not have.
         skipped: file tensors that fit nothing (``strict=False`` only).
-        kept: model tensors the file lacks, left as built (``strict=False`` only, or class
-            layers of a task the file does not have).
+        kept: model tensors the file lacks, left as built (``strict=False`` only).
     """
 
     loaded: list[str] = field(default_factory=list)
@@ -184,9 +186,9 @@ def transfer_weights(
     for key, built in own.items():
         if key in targets or _is_derived_buffer(model, key):
             continue
-        if is_class_layer(key):
-            targets[key] = _fresh(key, built)  # a head the file does not have
-            report.kept.append(key)
+        if is_class_layer(key):  # another task's head, or a U-TAE class block appended
+            targets[key] = _fresh(key, built)
+            report.reinitialised.append(f"{key}: not in the file -> model {tuple(built.shape)}")
         else:
             missing.append(key)
     problems = [

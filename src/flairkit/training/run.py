@@ -56,6 +56,7 @@ from flairkit.io.writers import write_class_map
 from flairkit.modalities import Modality, Task, class_table
 from flairkit.model_ref import HUB_PREFIX, parse_model_ref
 from flairkit.models.presets import get_preset
+from flairkit.models.transfer import class_layer_test
 from flairkit.models.winograd import use_winograd
 from flairkit.presets import preset_model_fields
 from flairkit.reports import report_paths, write_report
@@ -235,7 +236,7 @@ def _trainer(
             csv_logger,
             TensorBoardLogger(out, name="tensorboard", version=""),
         ]
-    return L.Trainer(
+    trainer = L.Trainer(
         default_root_dir=out,
         max_epochs=cfg.train.max_epochs,
         accelerator=cfg.train.accelerator,
@@ -257,6 +258,15 @@ def _trainer(
         # the data order: skip it when resuming.
         num_sanity_val_steps=0 if resuming else 2,
     )
+    if stage == "fit" and cfg.train.freeze_encoders_epochs:
+        from lightning.pytorch.strategies import DDPStrategy
+
+        if isinstance(trainer.strategy, DDPStrategy):
+            # Frozen encoders get no gradient, which DDP refuses unless told to look for unused
+            # parameters. Set on the strategy Lightning chose (also for "auto" on several
+            # devices); Lightning keeps DDP's arguments in _ddp_kwargs (no public setter).
+            trainer.strategy._ddp_kwargs["find_unused_parameters"] = True
+    return trainer
 
 
 def fit(cfg: RunConfig, resume: bool | str = "auto", callbacks: list | None = None) -> FitResult:
@@ -621,30 +631,55 @@ class FreezeEncoders(L.Callback):
     """The encoders (``model.encoders``, ``model.temporal``) do not learn in the first epochs.
 
     Frozen parameters get no gradient, so AdamW neither steps nor decays them, and their
-    modules run in eval mode (norm statistics unchanged). The state follows from the epoch
-    number alone, so a resumed run freezes exactly as an uninterrupted one.
+    modules run in eval mode (norm statistics unchanged). The U-TAE's class layer (the last
+    block of its ``out_conv``, which ``model.init_from`` re-initialises like a head) keeps
+    learning: in a time-series-only model it is the only class layer, and freezing it too
+    left nothing to train. The state follows from the epoch number alone, so a resumed run
+    freezes exactly as an uninterrupted one.
     """
 
     def __init__(self, epochs: int) -> None:
         self.epochs = epochs
+        self._learning: list[torch.nn.Module] = []  # the class layers, found once per epoch
 
     def _encoders(self, pl_module: L.LightningModule) -> list[torch.nn.Module]:
         model = cast(SegmentationTask, pl_module).model
         return [*model.encoders.values(), *model.temporal.values()]
 
+    def _class_layers(self, pl_module: L.LightningModule) -> list[torch.nn.Module]:
+        """The encoders' modules that hold class-layer parameters (U-TAE ``out_conv``)."""
+        model = cast(SegmentationTask, pl_module).model
+        is_class_layer = class_layer_test(model)
+        return [
+            module
+            for name, module in model.named_modules()
+            if name.split(".")[0] in ("encoders", "temporal")
+            and any(
+                is_class_layer(f"{name}.{p}") for p, _ in module.named_parameters(recurse=False)
+            )
+        ]
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         frozen = trainer.current_epoch < self.epochs
         for module in self._encoders(pl_module):
             module.requires_grad_(not frozen)
+        self._learning = self._class_layers(pl_module)
+        for module in self._learning:
+            module.requires_grad_(True)
         if trainer.current_epoch == self.epochs and self.epochs:
             log.info("encoders unfrozen at epoch %d", self.epochs)
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if trainer.current_epoch < self.epochs:  # Lightning sets train mode after validation
-            for module in self._encoders(pl_module):
-                module.eval()
+        # Every batch, from the epoch alone: Lightning gives each module back the mode it had
+        # before validation, so encoders left in eval mode at the end of the frozen epochs
+        # would stay so in an uninterrupted run but not in a resumed one.
+        frozen = trainer.current_epoch < self.epochs
+        for module in self._encoders(pl_module):
+            module.train(not frozen)
+        for module in self._learning:
+            module.train()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for module in self._encoders(pl_module):
