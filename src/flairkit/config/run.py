@@ -163,7 +163,9 @@ class TrainConfig:
             always use the direct convolution. No effect on a GPU or under mixed precision.
         freeze_encoders_epochs: the encoders (image and time series) do not learn during the
             first N epochs (no gradient, no weight decay, norm statistics frozen), so that
-            re-initialised heads adapt to a model given by ``model.init_from`` first.
+            re-initialised heads adapt to a model given by ``model.init_from`` first. The
+            U-TAE's class layer (last ``out_conv`` block) keeps learning: it is a head too.
+            May reach ``max_epochs`` (heads only, for the whole run).
     """
 
     output_dir: Path = Path("runs/flairkit")
