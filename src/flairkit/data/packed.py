@@ -25,6 +25,7 @@ import shutil
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +146,9 @@ def _pack_group(
     final = Path(out) / key
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists():
-        shutil.rmtree(final)  # not recorded in the manifest: a previous run's, ours
+        if not (final / "index.json").is_file():
+            raise DataError(f"{final}: exists and is not a pack folder; move it away to pack here")
+        shutil.rmtree(final)  # renamed by an interrupted run before it was recorded: ours
     os.replace(tmp, final)
     return key, [r.patch_id for r in refs], has, px
 
@@ -316,9 +319,22 @@ class PackedReader:
         return state
 
 
+def open_pack(root: str | Path) -> PackedReader:
+    """The reader of a packed dataset, its manifest parsed once per process and version (a
+    full FLAIR-HUB manifest lists 241,100 patches); a pack appended to is read again."""
+    path = Path(root)
+    manifest = path / MANIFEST
+    return _open_pack(path, manifest.stat().st_mtime_ns if manifest.is_file() else 0)
+
+
+@lru_cache(maxsize=4)
+def _open_pack(root: Path, version: int) -> PackedReader:
+    return PackedReader(root)
+
+
 def catalog_of_pack(root: str | Path, departments: Iterable[str] | None = None) -> Catalog:
     """A Catalog of a packed dataset's patches, from its manifest alone."""
-    refs = PackedReader(root).refs()
+    refs = open_pack(Path(root)).refs()
     if departments:
         wanted = set(departments)
         refs = [r for r in refs if department_of(r.patch_id) in wanted]

@@ -48,7 +48,7 @@ from flairkit.config import (
 )
 from flairkit.data.datamodule import FlairDataModule
 from flairkit.data.datasets import PatchSizes
-from flairkit.data.packed import PackedReader, catalog_of_pack, is_packed
+from flairkit.data.packed import catalog_of_pack, is_packed, open_pack
 from flairkit.io.catalog import Catalog
 from flairkit.io.patches import PatchRef
 from flairkit.io.raster import read_patch_px
@@ -162,7 +162,7 @@ def model_sizes(cfg: RunConfig, catalog: Catalog) -> PatchSizes:
 def _patch_px(catalog: Catalog, ref: PatchRef, modality: Modality) -> tuple[int, int]:
     """A patch file's (width, height): its TIFF header, or a packed dataset's manifest."""
     if catalog.root is not None and is_packed(catalog.root):
-        return PackedReader(catalog.root).patch_px(ref.patch_id, modality)
+        return open_pack(catalog.root).patch_px(ref.patch_id, modality)
     return read_patch_px(ref.path(modality), modality)
 
 
