@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+# LitData's cache of packs read from URLs (and their manifests): a temporary folder, not
+# ~/.lightning; read by LitData when it is imported, so set before any import of it.
+LITDATA_CACHE = os.environ.setdefault("LITDATA_CACHE_DIR", tempfile.mkdtemp(prefix="litdata-"))
 
 from pathlib import Path  # noqa: E402
 
@@ -19,6 +23,13 @@ from flairkit.synth_zone import ZoneSummary, make_synthetic_zone  # noqa: E402
 SYNTH_KWARGS = dict(
     seed=0, aerial_px=64, num_rois=2, patches_per_roi=(2, 2), min_dates=4, max_dates=9
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _litdata_cache() -> Iterator[None]:
+    yield
+    if Path(LITDATA_CACHE).name.startswith("litdata-"):  # ours, not a user's
+        shutil.rmtree(LITDATA_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

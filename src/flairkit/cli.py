@@ -293,7 +293,7 @@ def _add_pack(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("source", type=Path, help="dataset root, CSV list or folder of lists")
-    p.add_argument("out", type=Path, help="the packed dataset's folder")
+    p.add_argument("out", help="the packed dataset's folder (local; copy it to a bucket after)")
     p.add_argument("--modalities", nargs="+", default=[], help="modalities to keep (default all)")
     p.add_argument("--split", choices=["train", "val", "test"], help="only this split")
     p.add_argument("--departments", nargs="+", default=[], help="only these departments")
@@ -627,6 +627,7 @@ def _run_download(args: argparse.Namespace) -> int:
 
 
 def _run_pack(args: argparse.Namespace) -> int:
+    from flairkit.config.run import is_url
     from flairkit.data.packed import pack
     from flairkit.io.catalog import Catalog
 
@@ -634,6 +635,11 @@ def _run_pack(args: argparse.Namespace) -> int:
         raise UserError(f"--workers: must be at least 1, got {args.workers}")
     if not args.source.exists():
         raise UserError(f"{args.source}: no such dataset root or list")
+    if is_url(args.out):
+        raise UserError(
+            f"{args.out}: pack writes a local or shared folder; pack there, then copy the "
+            "folder to the bucket (e.g. aws s3 sync OUT s3://bucket/pack) and train on its URL"
+        )
     modalities = [Modality.parse(m) for m in args.modalities]
     catalog = Catalog.open(args.source).filter(
         departments=args.departments or None,

@@ -111,6 +111,9 @@ def test_cli_pack(
     assert "nope: no such dataset root" in capsys.readouterr().err
     assert main(["pack", str(synthetic.root), str(out), "--departments", "D999"]) == 2
     assert "no patch matches" in capsys.readouterr().err
+    assert main(["pack", str(synthetic.root), "s3://bucket/pack"]) == 2
+    assert "s3://bucket/pack: pack writes a local or shared folder" in capsys.readouterr().err
+    assert not Path("s3:").exists()
     shutil.rmtree(out)
 
 

@@ -123,8 +123,8 @@ def test_fit_on_two_processes(fitted: tuple[RunConfig, FitResult]) -> None:
     ranks = [json.loads((out / f"samplers_rank{r}.json").read_text()) for r in (0, 1)]
     for r in ranks:
         assert (r["backend"], r["world"]) == ("gloo", 2)
-        # Training keeps Lightning's shuffled, seeded (padding) DistributedSampler ...
-        assert r["train"] == "DistributedSampler"
+        # Training gets ours: seeded, shuffled, no sample repeated to even out the ranks ...
+        assert r["train"] == "EpochShuffleSampler"
         assert r["train_shuffle"] and r["train_seed"] == cfg.train.seed
         # ... validation gets ours: 3 patches split 2 + 1, none repeated.
         assert r["val"] == "UnrepeatedDistributedSampler"

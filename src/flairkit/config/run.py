@@ -45,7 +45,8 @@ class DataConfig:
     """Which patches, and how they are batched.
 
     Attributes:
-        root: dataset root, a CSV list or a folder of CSV lists.
+        root: dataset root, a CSV list or a folder of CSV lists; or a packed dataset
+            (``flairkit pack``): its folder or URL (``s3://``, ``gs://``, ``local:``...).
         split: split method (``auto``, ``card``, ``split_1`` ... or a file), see ``io.catalog``.
         departments: keep only these departments / domain-years.
         batch_size: samples per batch (per process).
@@ -54,7 +55,7 @@ class DataConfig:
         max_patches: cap per split (quick experiments); None = all.
     """
 
-    root: Path
+    root: Path | str
     split: str = "auto"
     departments: tuple[str, ...] | None = None
     batch_size: int = 5
@@ -255,6 +256,14 @@ class RunConfig:
                     )
 
 
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def is_url(value: object) -> bool:
+    """Whether a root is a URL (``s3://bucket/pack``, ``local:/folder``) rather than a path."""
+    return isinstance(value, str) and (bool(_URL.match(value)) or value.startswith("local:"))
+
+
 def load_run_config(
     path: str | Path | None,
     overrides: list[str] | None = None,
@@ -281,7 +290,8 @@ def load_run_config(
     data_raw = section(raw, "data")
     if "root" not in data_raw:
         raise ConfigError("data.root: missing (the dataset root)")
-    data_raw["root"] = str(resolve_path(base, data_raw["root"]))
+    root = data_raw["root"]
+    data_raw["root"] = str(resolve_path(base, root)) if not is_url(root) else "."
     model_raw = section(raw, "model")
     preset = model_raw.pop("preset", None) or raw.get("preset")
     if preset is not None:
@@ -306,8 +316,11 @@ def load_run_config(
     else:  # runs/<config name> in the working directory
         stem = Path(path).stem if path is not None else "flairkit"
         train_raw["output_dir"] = str((Path.cwd() / "runs" / stem).resolve())
+    data = from_dict(DataConfig, data_raw, "data")
+    if is_url(root):  # a URL stays a string (a Path would fold its "//")
+        data = dataclasses.replace(data, root=root)
     return RunConfig(
-        data=from_dict(DataConfig, data_raw, "data"),
+        data=data,
         model=model,
         preprocess=preprocess,
         train=from_dict(TrainConfig, train_raw, "train"),

@@ -15,13 +15,27 @@ domains into the same OUT appends folders.
 
 Why one LitData dataset per split and domain-year: filters select whole folders (no payload
 read), a new domain appends a folder, and a folder is the unit of resume.
+
+A pack is read where it lies: a local (or shared) folder, or a URL LitData reaches
+(``s3://``, ``gs://``, ``azure://``, ``hf://``, ``r2://``; ``local:/path`` makes LitData read a
+folder as if it were remote). Patches are read by index (``StreamingDataset[i]``): on a URL,
+LitData then fetches only that sample's bytes (one ranged request, nothing cached), so a
+global shuffle costs one request per sample and no chunk is downloaded whole. The manifest is
+fetched once per process into LitData's cache folder (``LITDATA_CACHE_DIR``).
+
+Why random access rather than LitData's own iteration: the training order, the validation
+split over processes and the exact resume stay those of every other flairkit dataset
+(``data.datamodule``), and a packed sample is the TIFF sample bit for bit, in the same order.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import tempfile
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -31,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from flairkit.config.run import is_url
 from flairkit.io.catalog import Catalog
 from flairkit.io.dates import DatesIndex
 from flairkit.io.patches import PatchRef, department_of, read_patch
@@ -42,11 +57,48 @@ MANIFEST = "flairkit_pack.json"
 FORMAT_VERSION = 1
 _EPOCH = np.datetime64("1970-01-01", "D")
 _NONE_SPLIT = "unsplit"
+#: Waits (s) for a chunk another process is fetching into LitData's cache: ~60 s in all.
+_CHUNK_WAITS: tuple[float | None, ...] = (0.01, 0.05, 0.1, 0.25, *(0.5,) * 119, None)
 
 
 def is_packed(root: str | Path) -> bool:
-    """Whether a folder is a packed dataset (holds ``flairkit_pack.json``)."""
+    """Whether ``root`` is a packed dataset: a folder holding ``flairkit_pack.json``, or a URL
+    (only packs are read from URLs)."""
+    if isinstance(root, str) and is_url(root):
+        return True
     return (Path(root) / MANIFEST).is_file()
+
+
+def _join(root: str, key: str) -> str:
+    return f"{root.rstrip('/')}/{key}" if is_url(root) else str(Path(root) / key)
+
+
+def _fetch_manifest(url: str) -> Path:
+    """The manifest of a pack at a URL, fetched into LitData's cache folder (with the
+    downloader and credentials LitData uses for the shards).
+
+    Raises:
+        DataError: it cannot be fetched (naming the URL and the cause).
+    """
+    from litdata.streaming.downloader import get_downloader
+    from litdata.utilities.dataset_utilities import get_default_cache_dir
+
+    folder = Path(get_default_cache_dir()) / "flairkit-manifests"
+    folder = folder / hashlib.sha256(url.encode()).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    # a fresh name: LitData's downloaders keep a file already at the destination, and a
+    # manifest read earlier may be out of date
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".fetch-")
+    os.close(fd)
+    os.unlink(tmp)
+    try:
+        get_downloader(url, str(folder), []).download_file(_join(url, MANIFEST), tmp)
+    except Exception as exc:  # each storage client raises its own errors
+        Path(tmp).unlink(missing_ok=True)
+        raise DataError(f"{_join(url, MANIFEST)}: cannot fetch the pack manifest ({exc})") from exc
+    path = folder / MANIFEST
+    os.replace(tmp, path)
+    return path
 
 
 def _encode(raw: RawSample, ref: PatchRef, modalities: Sequence[Modality]) -> dict[str, Any]:
@@ -154,20 +206,24 @@ def _pack_group(
 
 
 def read_manifest(root: str | Path) -> dict[str, Any]:
-    """The pack manifest; an empty one for a new folder.
+    """The pack manifest (of a folder or a URL); an empty one for a new folder.
 
     Raises:
-        DataError: a damaged manifest or one of another format version.
+        DataError: a damaged manifest, one of another format version, or one that cannot be
+            fetched from a URL.
     """
-    path = Path(root) / MANIFEST
+    url = isinstance(root, str) and is_url(root)
+    path = _fetch_manifest(str(root)) if url else Path(root) / MANIFEST
     if not path.is_file():
         return {"format": FORMAT_VERSION, "modalities": None, "groups": {}}
+    where = _join(str(root), MANIFEST) if url else path
     try:
         manifest = json.loads(path.read_text())
     except ValueError as exc:
-        raise DataError(f"{path}: not a readable pack manifest ({exc})") from exc
-    if manifest.get("format") != FORMAT_VERSION:
-        raise DataError(f"{path}: pack format {manifest.get('format')}, expected {FORMAT_VERSION}")
+        raise DataError(f"{where}: not a readable pack manifest ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise DataError(f"{where}: pack format {found}, expected {FORMAT_VERSION}")
     return manifest
 
 
@@ -251,8 +307,9 @@ class PackedReader:
     """
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        manifest = read_manifest(self.root)
+        #: the pack's folder or URL, as given
+        self.root = root if isinstance(root, str) and is_url(root) else str(Path(root))
+        manifest = read_manifest(root)
         if not manifest["groups"]:
             raise DataError(f"{self.root}: not a packed dataset (no {MANIFEST})")
         self.where: dict[str, tuple[str, int]] = {}
@@ -273,7 +330,7 @@ class PackedReader:
     def refs(self) -> list[PatchRef]:
         """The packed patches as PatchRefs (root: the pack), sorted by id."""
         return [
-            PatchRef(pid, str(self.root), self.modalities[pid], self.splits[pid])
+            PatchRef(pid, self.root, self.modalities[pid], self.splits[pid])
             for pid in sorted(self.where)
         ]
 
@@ -294,8 +351,28 @@ class PackedReader:
         if key not in self._open:
             import litdata
 
-            self._open[key] = litdata.StreamingDataset(str(self.root / key))
+            self._open[key] = litdata.StreamingDataset(_join(self.root, key))
         return self._open[key]
+
+    def _item(self, key: str, index: int) -> dict[str, Any]:
+        """Item ``index`` of a folder, waiting for a chunk another process is fetching.
+
+        For storage without ranged reads (``local:``, ``azure://``, ``hf://``), LitData
+        fetches a whole chunk into its cache under a file lock, and a second process (or
+        thread) asking for the same chunk meanwhile does not wait for the lock: it fails to
+        open the file not yet there. The file appears when the first fetch ends, so that
+        error is retried for up to a minute (a missing remote file has no local name and
+        is not retried).
+        """
+        dataset = self._dataset(key)
+        for wait in _CHUNK_WAITS:
+            try:
+                return dataset[index]
+            except FileNotFoundError as exc:
+                if exc.filename is None or wait is None:
+                    raise DataError(f"{_join(self.root, key)}: item {index}: {exc}") from exc
+                time.sleep(wait)
+        raise AssertionError("unreachable")  # the last wait is None
 
     def read(self, patch_id: str, modalities: Iterable[Modality]) -> RawSample:
         """A packed patch, as ``read_patch`` gives it from the TIFFs.
@@ -306,12 +383,13 @@ class PackedReader:
         if patch_id not in self.where:
             raise DataError(f"{self.root}: patch {patch_id} is not in the pack")
         key, index = self.where[patch_id]
-        item = self._dataset(key)[index]
+        item = self._item(key, index)
         if item["patch_id"] != patch_id:
             raise DataError(
-                f"{self.root / key}: item {index} is {item['patch_id']}, the manifest says {patch_id}"
+                f"{_join(self.root, key)}: item {index} is {item['patch_id']}, "
+                f"the manifest says {patch_id}"
             )
-        return decode(item, modalities, str(self.root / key))
+        return decode(item, modalities, _join(self.root, key))
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -321,21 +399,33 @@ class PackedReader:
 
 def open_pack(root: str | Path) -> PackedReader:
     """The reader of a packed dataset, its manifest parsed once per process and version (a
-    full FLAIR-HUB manifest lists 241,100 patches); a pack appended to is read again."""
-    path = Path(root)
-    manifest = path / MANIFEST
-    return _open_pack(path, manifest.stat().st_mtime_ns if manifest.is_file() else 0)
+    full FLAIR-HUB manifest lists 241,100 patches); a local pack appended to is read again, a
+    URL's manifest is fetched once per process."""
+    if isinstance(root, str) and is_url(root):
+        return _open_pack(root, 0)
+    manifest = Path(root) / MANIFEST
+    return _open_pack(str(Path(root)), manifest.stat().st_mtime_ns if manifest.is_file() else 0)
 
 
 @lru_cache(maxsize=4)
-def _open_pack(root: Path, version: int) -> PackedReader:
+def _open_pack(root: str, version: int) -> PackedReader:
     return PackedReader(root)
 
 
 def catalog_of_pack(root: str | Path, departments: Iterable[str] | None = None) -> Catalog:
-    """A Catalog of a packed dataset's patches, from its manifest alone."""
-    refs = open_pack(Path(root)).refs()
+    """A Catalog of a packed dataset's patches, from its manifest alone (the refs' root is the
+    pack's folder or URL; the catalog's root is the folder, None for a URL)."""
+    refs = open_pack(root).refs()
     if departments:
         wanted = set(departments)
         refs = [r for r in refs if department_of(r.patch_id) in wanted]
-    return Catalog(tuple(refs), Path(root))
+    local = not (isinstance(root, str) and is_url(root))
+    return Catalog(tuple(refs), Path(root) if local else None)
+
+
+def pack_of(catalog: Catalog) -> PackedReader | None:
+    """The reader of the pack a catalog lists (``catalog_of_pack``); None for TIFFs."""
+    root: str | Path | None = catalog.root
+    if root is None and catalog.refs:
+        root = catalog.refs[0].root
+    return open_pack(root) if root is not None and is_packed(root) else None

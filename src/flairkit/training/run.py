@@ -48,8 +48,8 @@ from flairkit.config import (
 )
 from flairkit.data.datamodule import FlairDataModule
 from flairkit.data.datasets import PatchSizes
-from flairkit.data.packed import catalog_of_pack, is_packed, open_pack
-from flairkit.io.catalog import Catalog
+from flairkit.data.packed import catalog_of_pack, is_packed, pack_of
+from flairkit.io.catalog import GPKG_SPLIT_COLUMNS, Catalog
 from flairkit.io.patches import PatchRef
 from flairkit.io.raster import read_patch_px
 from flairkit.io.writers import write_class_map
@@ -90,6 +90,14 @@ def make_catalog(cfg: RunConfig) -> Catalog:
     """The catalog of the run: root, split method, department filter, per-split cap."""
     if is_packed(cfg.data.root):  # flairkit pack output: the manifest lists patches and splits
         catalog = catalog_of_pack(cfg.data.root)
+        split = cfg.data.split
+        if split in GPKG_SPLIT_COLUMNS or split == "csv":
+            raise ConfigError(
+                f"data.split: {split} is read from the source dataset, not from a pack; a pack "
+                "keeps the split it was packed with (auto), or give card or a split file"
+            )
+        if split != "auto":  # card or a user file: only the patch ids are needed
+            catalog = catalog.with_split(split)
     else:
         catalog = Catalog.open(cfg.data.root, split=cfg.data.split)
     if cfg.data.departments:
@@ -112,6 +120,7 @@ def make_datamodule(
         batch_size=cfg.data.batch_size,
         num_workers=cfg.data.num_workers,
         augment=FlipRotate() if cfg.data.augment else None,
+        seed=cfg.train.seed,
     )
 
 
@@ -161,8 +170,9 @@ def model_sizes(cfg: RunConfig, catalog: Catalog) -> PatchSizes:
 
 def _patch_px(catalog: Catalog, ref: PatchRef, modality: Modality) -> tuple[int, int]:
     """A patch file's (width, height): its TIFF header, or a packed dataset's manifest."""
-    if catalog.root is not None and is_packed(catalog.root):
-        return open_pack(catalog.root).patch_px(ref.patch_id, modality)
+    packed = pack_of(catalog)
+    if packed is not None:
+        return packed.patch_px(ref.patch_id, modality)
     return read_patch_px(ref.path(modality), modality)
 
 
