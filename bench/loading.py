@@ -8,7 +8,13 @@ samples/s and peak RSS through a DataLoader with 0 and 2 workers, and the rate o
 `rasterio.open(path).read()` on the same files with no processing (the "ceiling"). The same
 files are then packed (`flairkit pack`, LitData shards) and read again through the packed
 reader ("packed_<w>_workers" rows); the pack's throughput, files and bytes before/after are
-reported under "pack".
+reported under "pack". The same for a pack with every array zstd-compressed ("pack_zstd",
+"packed_zstd_<w>_workers"), and the plain pack given as a ``local:`` URL, read through LitData's
+downloader and cache as a bucket would be ("packed_url_0_workers"). Packed rows give their
+ratio to the TIFF loader ("ratio_to_tiff") and, with 0 workers, two rates on one thread, one
+sample at a time: decoding alone ("decode_only_samples_per_s") and decoding + preprocessing
+("one_thread_samples_per_s"); the difference is the cloud filter, normalisation and label
+mapping (the loader itself reads a batch's samples on a few threads).
 Each configuration runs in a fresh subprocess so its peak RSS is its own.
 
 Usage: python bench/loading.py [--root DIR] [--passes 3] [--workers 0 2]
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -46,7 +53,7 @@ def _peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # Linux: kilobytes
 
 
-def _build(root: Path, config: dict, packed: Path | None = None):
+def _build(root: Path, config: dict, packed: Path | str | None = None):
     from flairkit.config import preprocess_config_for
     from flairkit.data.datasets import PatchDataset
     from flairkit.io.catalog import Catalog
@@ -76,8 +83,26 @@ def run_one(root: Path, name: str, mode: str, workers: int, passes: int) -> dict
 
     from flairkit.sample import collate
 
-    if mode == "packed":
-        catalog, dataset = _build(root, CONFIGS[name], packed=root)
+    extra: dict = {}
+    if mode in ("packed", "packed_zstd", "packed_url"):
+        location = f"local:{root}" if mode == "packed_url" else root
+        catalog, dataset = _build(root, CONFIGS[name], packed=location)
+        if workers == 0:  # one thread, one sample at a time: decoding alone, then all
+            ids = [r.patch_id for r in catalog.refs]
+
+            def rate(work) -> float:
+                for i, pid in enumerate(ids):
+                    work(i, pid)
+                start = time.perf_counter()
+                for _ in range(passes):
+                    for i, pid in enumerate(ids):
+                        work(i, pid)
+                return round(len(ids) * passes / (time.perf_counter() - start), 2)
+
+            extra["decode_only_samples_per_s"] = rate(
+                lambda i, pid: dataset.packed.read(pid, dataset.modalities)
+            )
+            extra["one_thread_samples_per_s"] = rate(lambda i, pid: dataset._load(i, 1))
     else:
         catalog, dataset = _build(root, CONFIGS[name])
     n = len(dataset)
@@ -112,6 +137,7 @@ def run_one(root: Path, name: str, mode: str, workers: int, passes: int) -> dict
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "peak_rss_workers_mb": round(_peak_rss_mb(resource.RUSAGE_CHILDREN), 1) if workers else 0.0,
         "num_patches": n,
+        **extra,
     }
 
 
@@ -137,13 +163,13 @@ def _files_and_bytes(root: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
-def _pack(root: Path, out: Path, workers: int) -> dict:
+def _pack(root: Path, out: Path, workers: int, compression: str | None = None) -> dict:
     from flairkit.data.packed import pack
     from flairkit.io.catalog import Catalog
 
     catalog = Catalog.scan(root)
     start = time.perf_counter()
-    summary = pack(catalog, out, workers=workers, progress=False)
+    summary = pack(catalog, out, workers=workers, progress=False, compression=compression)
     seconds = time.perf_counter() - start
     before, after = _files_and_bytes(root), _files_and_bytes(out)
     return {
@@ -170,21 +196,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = args.root or _make_root(Path(tmp), seed=0)
         result: dict = {"bench": "loading", "passes": args.passes}
-        packed = Path(tmp) / "packed"
-        result["pack"] = _pack(root, packed, max(args.workers))
+        packs = {"packed": Path(tmp) / "packed", "packed_zstd": Path(tmp) / "packed_zstd"}
+        packs["packed_url"] = packs["packed"]
+        result["pack"] = _pack(root, packs["packed"], max(args.workers))
+        result["pack_zstd"] = _pack(root, packs["packed_zstd"], max(args.workers), "zstd")
+        # the URL row's LitData cache: in the temporary folder, not ~/.lightning
+        env = {**os.environ, "LITDATA_CACHE_DIR": str(Path(tmp) / "litdata-cache")}
         for name in CONFIGS:
             runs = [("rasterio", 0)] + [("flairkit", w) for w in args.workers]
             runs += [("packed", w) for w in args.workers]
+            runs += [("packed_zstd", w) for w in args.workers] + [("packed_url", 0)]
             entry: dict = {}
             for mode, workers in runs:
                 cmd = [sys.executable, __file__, "--root", str(root), "--passes", str(args.passes)]
-                if mode == "packed":
-                    cmd[3] = str(packed)
+                if mode in packs:
+                    cmd[3] = str(packs[mode])
                 out = subprocess.run(
                     [*cmd, "--one", name, mode, str(workers)],
                     check=True,
                     capture_output=True,
                     text=True,
+                    env=env,
                 )
                 key = "rasterio_alone" if mode == "rasterio" else f"{mode}_{workers}_workers"
                 entry[key] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -192,6 +224,10 @@ def main() -> None:
             for key, value in entry.items():
                 if key != "rasterio_alone":
                     value["ratio_to_rasterio_alone"] = round(value["samples_per_s"] / ceiling, 3)
+                if key.startswith("packed"):
+                    workers = key.rsplit("_", 2)[-2]
+                    tiff = entry[f"flairkit_{workers}_workers"]["samples_per_s"]
+                    value["ratio_to_tiff"] = round(value["samples_per_s"] / tiff, 3)
             result[name] = entry
     print(json.dumps(result))
 

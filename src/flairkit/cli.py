@@ -299,6 +299,11 @@ def _add_pack(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--departments", nargs="+", default=[], help="only these departments")
     p.add_argument("--years", nargs="+", default=[], help="only these years")
     p.add_argument("--workers", type=int, default=1, help="folders packed in parallel")
+    p.add_argument(
+        "--compression",
+        help="zstd or zstd:LEVEL (1-22, default 3): each array compressed on its own "
+        "(smaller shards, still one byte range per sample); default none",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -628,7 +633,7 @@ def _run_download(args: argparse.Namespace) -> int:
 
 def _run_pack(args: argparse.Namespace) -> int:
     from flairkit.config.run import is_url
-    from flairkit.data.packed import pack
+    from flairkit.data.packed import pack, parse_compression
     from flairkit.io.catalog import Catalog
 
     if args.workers < 1:
@@ -640,6 +645,10 @@ def _run_pack(args: argparse.Namespace) -> int:
             f"{args.out}: pack writes a local or shared folder; pack there, then copy the "
             "folder to the bucket (e.g. aws s3 sync OUT s3://bucket/pack) and train on its URL"
         )
+    try:
+        parse_compression(args.compression)
+    except ValueError as exc:
+        raise UserError(f"--{exc}") from exc
     modalities = [Modality.parse(m) for m in args.modalities]
     catalog = Catalog.open(args.source).filter(
         departments=args.departments or None,
@@ -649,7 +658,10 @@ def _run_pack(args: argparse.Namespace) -> int:
     if not catalog.refs:
         raise UserError(f"{args.source}: no patch matches the selection")
     progress = not args.no_progress and sys.stderr.isatty()
-    summary = pack(catalog, args.out, modalities or None, args.workers, progress)
+    summary = pack(
+        catalog, args.out, modalities or None, args.workers, progress,
+        compression=args.compression,
+    )  # fmt: skip
     print(
         f"packed {summary.num_patches} patches into {len(summary.written)} folders "
         f"({len(summary.skipped)} already complete): {summary.root}"

@@ -17,6 +17,7 @@ from flairkit.data.packed import MANIFEST, PackedReader, catalog_of_pack, is_pac
 from flairkit.io.catalog import Catalog
 from flairkit.io.dates import DatesIndex
 from flairkit.io.patches import read_patch
+from flairkit.io.raster import DataError
 from flairkit.modalities import INPUT_MODALITIES, Modality, Task
 from flairkit.synth import SynthSummary
 
@@ -139,3 +140,30 @@ def test_fit_on_packed_data_equals_fit_on_tiffs(
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_a_zstd_pack_reads_the_same_and_is_smaller(
+    synthetic: SynthSummary, packed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    catalog = Catalog.open(synthetic.root)
+    out = pack(catalog, tmp_path / "z", workers=2, progress=False, compression="zstd:3").root
+    assert json.loads((out / MANIFEST).read_text())["compression"] == "zstd:3"
+    plain, small = PackedReader(packed), PackedReader(out)
+    for ref in catalog.refs:
+        a, b = plain.read(ref.patch_id, ALL), small.read(ref.patch_id, ALL)
+        for m in ALL:
+            assert b.arrays[m].dtype == a.arrays[m].dtype and b.arrays[m].shape == a.arrays[m].shape
+            np.testing.assert_array_equal(b.arrays[m], a.arrays[m])
+            if m.spec.is_time_series:
+                np.testing.assert_array_equal(b.dates[m], a.dates[m])
+        assert b.georefs == a.georefs and b.nonfinite == a.nonfinite
+
+    def size(root: Path) -> int:
+        return sum(p.stat().st_size for p in root.rglob("*.bin"))
+
+    assert size(out) < 0.8 * size(packed)
+    with pytest.raises(DataError, match=r"this pack is compressed as zstd:3; pack with that"):
+        pack(catalog, out, progress=False)  # appending uncompressed to a compressed pack
+    assert main(["pack", str(synthetic.root), str(tmp_path / "x"), "--compression", "lz4"]) == 2
+    assert "--compression 'lz4': use zstd or zstd:<level 1-22>" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -211,7 +211,8 @@ class EpochShuffleSampler(DistributedSampler):
 
     - ``drop_last`` (the benchmark's training loader): each rank gets ``N // world`` samples,
       less the remainder of a batch; fewer than ``world * batch_size`` samples wait for the
-      next epoch, as fewer than ``batch_size`` do in one process.
+      next epoch, as fewer than ``batch_size`` do in one process (a split of fewer than a
+      batch per rank is kept whole, as below).
     - otherwise every sample is used, unless an even split would give one rank an extra batch
       of one sample: then the ``N % world`` samples at the end of the permutation wait.
 

@@ -18,10 +18,11 @@ read), a new domain appends a folder, and a folder is the unit of resume.
 
 A pack is read where it lies: a local (or shared) folder, or a URL LitData reaches
 (``s3://``, ``gs://``, ``azure://``, ``hf://``, ``r2://``; ``local:/path`` makes LitData read a
-folder as if it were remote). Patches are read by index (``StreamingDataset[i]``): on a URL,
-LitData then fetches only that sample's bytes (one ranged request, nothing cached), so a
-global shuffle costs one request per sample and no chunk is downloaded whole. The manifest is
-fetched once per process into LitData's cache folder (``LITDATA_CACHE_DIR``).
+folder as if it were remote). Patches are read by index (``StreamingDataset[i]``): on
+``s3://``, ``r2://`` and ``gs://`` LitData fetches only that sample's bytes (one ranged
+request), so a global shuffle costs one request per sample; on storage without ranged reads
+it fetches whole chunks into its cache folder. The manifest is fetched once per process into
+that folder (``LITDATA_CACHE_DIR``).
 
 Why random access rather than LitData's own iteration: the training order, the validation
 split over processes and the exact resume stay those of every other flairkit dataset
@@ -101,7 +102,41 @@ def _fetch_manifest(url: str) -> Path:
     return path
 
 
-def _encode(raw: RawSample, ref: PatchRef, modalities: Sequence[Modality]) -> dict[str, Any]:
+def parse_compression(value: str | None) -> tuple[str, int] | None:
+    """``zstd`` or ``zstd:<level>`` (1-22; default 3) as (codec, level); None for none.
+
+    Raises:
+        ValueError: another codec or level.
+    """
+    if value in (None, "", "none"):
+        return None
+    codec, _, level = str(value).partition(":")
+    if codec != "zstd" or not (level == "" or (level.isdigit() and 1 <= int(level) <= 22)):
+        raise ValueError(f"compression {value!r}: use zstd or zstd:<level 1-22>")
+    return codec, int(level or 3)
+
+
+def _zstd() -> Any:
+    try:
+        import zstd
+    except ImportError as exc:
+        raise DataError(
+            "a zstd pack needs the zstd package (pip install 'flairkit[train]')"
+        ) from exc
+    return zstd
+
+
+def _encode(
+    raw: RawSample, ref: PatchRef, modalities: Sequence[Modality], level: int | None = None
+) -> dict[str, Any]:
+    """A LitData item; with ``level``, each array zstd-compressed on its own.
+
+    Why per array and not LitData's chunk compression (``optimize(compression=...)``): a
+    compressed chunk is fetched and decompressed whole, into the cache, before any sample of it
+    is read, which defeats the random access by index the reader uses (and LitData's ranged
+    reads on buckets). Compressed arrays keep one sample one byte range.
+    """
+    zstd = _zstd() if level is not None else None
     item: dict[str, Any] = {
         "patch_id": ref.patch_id,
         "split": ref.split or _NONE_SPLIT,
@@ -109,7 +144,13 @@ def _encode(raw: RawSample, ref: PatchRef, modalities: Sequence[Modality]) -> di
     }
     for m in modalities:
         present = m in raw.arrays
-        item[m.value] = np.ascontiguousarray(raw.arrays[m]) if present else np.zeros(0, np.uint8)
+        array = np.ascontiguousarray(raw.arrays[m]) if present else np.zeros(0, np.uint8)
+        if zstd is not None:
+            item[f"{m.value}@array"] = json.dumps(
+                [array.dtype.str, list(array.shape)] if present else None
+            )
+            array = np.frombuffer(zstd.compress(array.tobytes(), level), np.uint8)
+        item[m.value] = array
         georef = raw.georefs.get(m)
         item[f"{m.value}@georef"] = json.dumps(
             None
@@ -134,8 +175,16 @@ def decode(item: dict[str, Any], modalities: Iterable[Modality], where: str) -> 
     raw = RawSample(patch_id, {})
     for m in modalities:
         array = item.get(m.value)
-        if array is None or array.size == 0:
+        packed_as = json.loads(item.get(f"{m.value}@array", "null"))
+        if array is None or array.size == 0 or (f"{m.value}@array" in item and not packed_as):
             raise DataError(f"{where}: patch {patch_id} has no {m.value} in the pack")
+        if packed_as:
+            dtype, shape = packed_as
+            try:
+                data = _zstd().decompress(array.tobytes())
+            except Exception as exc:  # zstd.Error: a damaged chunk
+                raise DataError(f"{where}: patch {patch_id}: {m.value} is damaged ({exc})") from exc
+            array = np.frombuffer(data, np.dtype(dtype)).reshape(shape)
         raw.arrays[m] = array
         georef = json.loads(item[f"{m.value}@georef"])
         if georef is not None:
@@ -165,7 +214,7 @@ def _group_key(ref: PatchRef) -> str:
 
 def _pack_group(
     source_root: str, key: str, refs: list[PatchRef], modalities: list[Modality], out: str,
-    chunk_bytes: str,
+    chunk_bytes: str, level: int | None,
 ) -> tuple[str, list[str], dict[str, list[str]], dict[str, list[int]]]:  # fmt: skip
     """Write one folder (in a worker process): to ``.tmp/<key>``, then renamed."""
     import litdata
@@ -184,7 +233,7 @@ def _pack_group(
     def item(index: int) -> dict[str, Any]:
         ref = refs[index]
         raw = read_patch(ref, [m for m in modalities if m in ref.modalities], dates, num_threads=1)
-        return _encode(raw, ref, modalities)
+        return _encode(raw, ref, modalities, level)
 
     litdata.optimize(
         item, list(range(len(refs))), output_dir=str(tmp), chunk_bytes=chunk_bytes,
@@ -241,6 +290,7 @@ def pack(
     workers: int = 1,
     progress: bool = True,
     chunk_bytes: str = "64MB",
+    compression: str | None = None,
 ) -> PackSummary:
     """Pack a catalog's patches into LitData shards under ``out`` (see the module docstring).
 
@@ -251,6 +301,8 @@ def pack(
         workers: folders packed in parallel, one process each.
         progress: a tqdm bar over folders.
         chunk_bytes: LitData chunk size.
+        compression: ``zstd[:level]`` compresses every array on its own (``parse_compression``);
+            a pack keeps the compression it was started with.
 
     Raises:
         DataError: a source file is missing or invalid (naming it), or ``out`` holds a pack of
@@ -274,7 +326,17 @@ def pack(
             f"{out / MANIFEST}: this pack holds {manifest['modalities']}; pack {names} "
             "into another folder"
         )
+    codec = parse_compression(compression)
+    name = None if codec is None else f"{codec[0]}:{codec[1]}"
+    if manifest["groups"] and manifest.get("compression") != name:
+        raise DataError(
+            f"{out / MANIFEST}: this pack is compressed as {manifest.get('compression')}; "
+            f"pack with that compression, or {name} into another folder"
+        )
+    if codec is not None:
+        _zstd()  # a missing package is one error now, not one per worker
     manifest["modalities"] = names
+    manifest["compression"] = name
     groups: dict[str, list[PatchRef]] = {}
     for ref in catalog.refs:
         groups.setdefault(_group_key(ref), []).append(ref)
@@ -284,7 +346,16 @@ def pack(
     bar = tqdm(total=len(todo), desc="pack", unit="folder", disable=not progress)
     with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
         futures = [
-            pool.submit(_pack_group, str(catalog.root), k, groups[k], mods, str(out), chunk_bytes)
+            pool.submit(
+                _pack_group,
+                str(catalog.root),
+                k,
+                groups[k],
+                mods,
+                str(out),
+                chunk_bytes,
+                None if codec is None else codec[1],
+            )  # fmt: skip
             for k in todo
         ]
         for future in as_completed(futures):
