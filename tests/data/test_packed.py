@@ -81,7 +81,9 @@ def test_splits_and_filters_come_from_the_manifest(synthetic: SynthSummary, pack
     assert folders == sorted(json.loads((packed / MANIFEST).read_text())["groups"])
 
 
-def test_pack_resumes_and_appends(synthetic: SynthSummary, tmp_path: Path) -> None:
+def test_pack_resumes_and_appends(
+    synthetic: SynthSummary, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     catalog = Catalog.open(synthetic.root).filter(modalities=[Modality.AERIAL_RGBI])
     out = tmp_path / "p"
     first = pack(catalog.filter(departments=["D006"]), out, [Modality.AERIAL_RGBI], progress=False)
@@ -90,8 +92,10 @@ def test_pack_resumes_and_appends(synthetic: SynthSummary, tmp_path: Path) -> No
     half = out / ".tmp" / "test" / "D012-2019"
     half.mkdir(parents=True)
     (half / "chunk-0-0.bin").write_bytes(b"partial")
-    second = pack(catalog, out, [Modality.AERIAL_RGBI], progress=False)
+    second = pack(catalog, out, [Modality.AERIAL_RGBI], progress=True)
     assert second.skipped == first.written
+    n = second.num_patches  # the bar counts patches (with a rate), not only folders
+    assert n == 24 and f"{n}/{n} [" in capsys.readouterr().err
     assert set(second.written) == {"test/D012-2019", "test/D068-2021", "train/D032-2019", "val/D032-2019"}  # fmt: skip
     assert not (out / ".tmp").exists()
     assert len(catalog_of_pack(out).refs) == len(catalog.refs)

@@ -38,7 +38,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -229,11 +229,14 @@ def _pack_group(
     if tmp.exists():
         shutil.rmtree(tmp)  # a previous run's half-written folder, ours
     tmp.parent.mkdir(parents=True, exist_ok=True)
+    count = _count_path(Path(out), key)
 
     def item(index: int) -> dict[str, Any]:
         ref = refs[index]
         raw = read_patch(ref, [m for m in modalities if m in ref.modalities], dates, num_threads=1)
-        return _encode(raw, ref, modalities, level)
+        encoded = _encode(raw, ref, modalities, level)
+        count.write_text(str(index + 1))  # read by the progress bar of the parent process
+        return encoded
 
     litdata.optimize(
         item, list(range(len(refs))), output_dir=str(tmp), chunk_bytes=chunk_bytes,
@@ -251,7 +254,23 @@ def _pack_group(
             raise DataError(f"{final}: exists and is not a pack folder; move it away to pack here")
         shutil.rmtree(final)  # renamed by an interrupted run before it was recorded: ours
     os.replace(tmp, final)
+    count.unlink(missing_ok=True)
     return key, [r.patch_id for r in refs], has, px
+
+
+def _count_path(out: Path, key: str) -> Path:
+    """Where a folder's worker writes how many patches it has packed."""
+    return out / ".tmp" / f"{key}.count"
+
+
+def _packed_so_far(out: Path, keys: Iterable[str]) -> int:
+    total = 0
+    for key in keys:
+        try:
+            total += int(_count_path(out, key).read_text() or 0)
+        except (OSError, ValueError):  # not started yet, or being rewritten
+            pass
+    return total
 
 
 def read_manifest(root: str | Path) -> dict[str, Any]:
@@ -342,28 +361,29 @@ def pack(
         groups.setdefault(_group_key(ref), []).append(ref)
     done = [k for k in groups if k in manifest["groups"]]
     todo = [k for k in sorted(groups) if k not in manifest["groups"]]
-    written = []
-    bar = tqdm(total=len(todo), desc="pack", unit="folder", disable=not progress)
+    written: list[str] = []
+    total = sum(len(groups[k]) for k in todo)
+    bar = tqdm(total=total, desc="pack", unit="patch", disable=not progress)
+    level = None if codec is None else codec[1]
     with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = [
+        futures = {
             pool.submit(
-                _pack_group,
-                str(catalog.root),
-                k,
-                groups[k],
-                mods,
-                str(out),
-                chunk_bytes,
-                None if codec is None else codec[1],
-            )  # fmt: skip
+                _pack_group, str(catalog.root), k, groups[k], mods, str(out), chunk_bytes, level
+            ): k
             for k in todo
-        ]
-        for future in as_completed(futures):
-            key, ids, has, px = future.result()
-            manifest["groups"][key] = {"patch_ids": ids, "modalities": has, "px": px}
-            _write_manifest(out, manifest)  # recorded once its folder is complete
-            written.append(key)
-            bar.update(1)
+        }
+        pending = set(futures)
+        while pending:
+            done_now, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            for future in done_now:
+                key, ids, has, px = future.result()
+                manifest["groups"][key] = {"patch_ids": ids, "modalities": has, "px": px}
+                _write_manifest(out, manifest)  # recorded once its folder is complete
+                written.append(key)
+            finished = sum(len(groups[k]) for k in written)
+            running = [futures[f] for f in pending]
+            bar.update(finished + _packed_so_far(out, running) - bar.n)
+            bar.set_postfix_str(f"{len(written)}/{len(todo)} folders", refresh=False)
     bar.close()
     shutil.rmtree(out / ".tmp", ignore_errors=True)
     return PackSummary(out, tuple(sorted(written)), tuple(sorted(done)),
@@ -436,13 +456,13 @@ class PackedReader:
         is not retried).
         """
         dataset = self._dataset(key)
-        for wait in _CHUNK_WAITS:
+        for pause in _CHUNK_WAITS:
             try:
                 return dataset[index]
             except FileNotFoundError as exc:
-                if exc.filename is None or wait is None:
+                if exc.filename is None or pause is None:
                     raise DataError(f"{_join(self.root, key)}: item {index}: {exc}") from exc
-                time.sleep(wait)
+                time.sleep(pause)
         raise AssertionError("unreachable")  # the last wait is None
 
     def read(self, patch_id: str, modalities: Iterable[Modality]) -> RawSample:
