@@ -217,6 +217,14 @@ def _add_map(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--merge", action="store_true", help="merge the pieces written by --world-size jobs"
     )
+    p.add_argument("--aoi", type=Path, help="area of interest: a vector file of polygons (any CRS)")
+    p.add_argument("--aoi-where", help="SQL filter on the AOI's attributes, e.g. \"dep = '34'\"")
+    p.add_argument(
+        "--tile-size-m",
+        type=float,
+        help="write a tiled product: COG tiles of this side (map CRS units, e.g. 5000) "
+        "aligned to its multiples, a .vrt mosaic (output.path), an index and a preview",
+    )
 
 
 def _add_check(sub: argparse._SubParsersAction) -> None:
@@ -540,7 +548,18 @@ def _run_map(args: argparse.Namespace) -> int:
     from flairkit.inference.zonal import merge_zone, predict_zone
     from flairkit.io.writers import MapOutputs
 
-    cfg = load_zone_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.aoi is not None:
+        overrides.append(f"aoi.path={args.aoi.resolve()}")
+    if args.aoi_where is not None:
+        if args.aoi is None:
+            raise ConfigError("--aoi-where needs --aoi")
+        overrides.append(f"aoi.where={args.aoi_where}")
+    if args.tile_size_m is not None:
+        overrides.append(f"output.tile_size_m={args.tile_size_m}")
+    cfg = load_zone_config(args.config, overrides)
+    if cfg.output.tile_size_m is not None:
+        return _run_product(cfg, args)
     outputs: MapOutputs | None  # None: this rank wrote its pieces, a --merge assembles them
     try:
         if args.merge:
@@ -559,6 +578,33 @@ def _run_map(args: argparse.Namespace) -> int:
     for kind, path in vars(outputs).items():
         if path is not None:
             print(f"{kind}: {path}")
+    return 0
+
+
+def _run_product(cfg: Any, args: argparse.Namespace) -> int:
+    from flairkit.inference.product import predict_product
+
+    if args.merge:
+        raise ConfigError(
+            "--merge: a tiled product needs no merge; rerun any rank to finish missing tiles"
+        )
+    try:
+        summary = predict_product(cfg, rank=args.rank, world_size=args.world_size)
+    except FileExistsError as exc:  # output.on_existing: error
+        raise ConfigError(f"{exc} (config key: output.on_existing)") from exc
+    print(
+        f"{summary.computed} tiles computed, {summary.skipped} already done; "
+        f"{summary.done} of {summary.total} tiles finished"
+    )
+    if summary.computed:
+        print(
+            f"{summary.km2:.3g} km² in {summary.seconds:.1f} s: {summary.km2_per_hour:.3g} km²/h, "
+            f"{summary.px_per_s:.3g} px/s"
+        )
+    paths = summary.paths
+    print(f"mosaic: {paths.vrt}\ntiles: {paths.tiles_dir}\nindex: {paths.index}")
+    if summary.done == summary.total:
+        print(f"preview: {paths.preview}")
     return 0
 
 

@@ -48,6 +48,7 @@ from flairkit.config.run import (
     save_run_config,
 )
 from flairkit.config.zone import (
+    ZoneAoiConfig,
     ZoneConfig,
     ZoneGridConfig,
     ZoneInputConfig,
@@ -77,6 +78,7 @@ __all__ = [
     "ZoneConfig",
     "ZoneGridConfig",
     "ZoneInputConfig",
+    "ZoneAoiConfig",
     "ZoneOutputConfig",
     "ZoneRuntimeConfig",
     "ZoneTilingConfig",

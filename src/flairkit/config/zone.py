@@ -84,11 +84,32 @@ class ZoneOutputConfig:
         write_proba: also write per-class probabilities (uint8, ``round(p * 255)``).
         on_existing: ``resume`` (continue an interrupted map, keep a finished one made with
             the same settings), ``overwrite`` or ``error``.
+        tile_size_m: a tiled product (``inference.product``): the map is cut into square COG
+            tiles of this side (map CRS units, e.g. 5000 in Lambert-93), on the grid of its
+            multiples; ``path`` then names the mosaic ``.vrt``, the tiles go to
+            ``<stem>_tiles/`` beside it, with ``<stem>_index.gpkg`` and ``<stem>_preview.png``.
     """
 
     path: Path
     write_proba: bool = False
     on_existing: Literal["resume", "overwrite", "error"] = "resume"
+    tile_size_m: float | None = None
+
+
+@dataclass(frozen=True)
+class ZoneAoiConfig:
+    """The area of interest: only output tiles touching it are computed, pixels outside it
+    are nodata.
+
+    Attributes:
+        path: a vector file (GeoPackage, GeoJSON, shapefile...) with polygons, in any CRS.
+        where: an SQL filter on its attributes (e.g. ``code_insee = '34'``).
+        layer: the layer of a multi-layer file; default the first.
+    """
+
+    path: Path
+    where: str | None = None
+    layer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +167,8 @@ class ZoneConfig:
             ``PreprocessConfig.nonfinite``); default (None) the model file's setting. ``zero``
             maps rasters that use NaN as nodata with a model trained under ``error``.
         model_preset: the preset of a published FLAIR-HUB file whose name does not tell it.
+        aoi: the area of interest (a vector file): only output tiles touching it are
+            computed, pixels outside it are nodata.
     """
 
     model: str
@@ -157,6 +180,7 @@ class ZoneConfig:
     task: Task | None = None
     nonfinite: NonFinite | None = None
     model_preset: str | None = None
+    aoi: ZoneAoiConfig | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -193,6 +217,15 @@ class ZoneConfig:
             raise ConfigError(f"tiling.overlap_px: must be >= 0, got {t.overlap_px}")
         if t.margin_px is not None and t.margin_px < 0:
             raise ConfigError(f"tiling.margin_px: must be >= 0, got {t.margin_px}")
+        o = self.output
+        if o.tile_size_m is not None:
+            if not o.tile_size_m > 0:
+                raise ConfigError(f"output.tile_size_m: must be positive, got {o.tile_size_m}")
+            if Path(o.path).suffix.lower() != ".vrt":
+                raise ConfigError(
+                    f"output.path: {o.path}: a tiled product (output.tile_size_m) is named by "
+                    "its mosaic, a .vrt file (the tiles go to <stem>_tiles/ beside it)"
+                )
         r = self.runtime
         for key in ("batch_size", "read_threads"):
             if getattr(r, key) is not None and getattr(r, key) < 1:
@@ -237,6 +270,12 @@ def load_zone_config(path: str | Path | None, overrides: list[str] | None = None
     if output.get("path"):
         output["path"] = str(resolve_path(base, output["path"]))
     raw["output"] = output
+    aoi = raw.get("aoi")
+    if aoi is not None:
+        aoi = {"path": aoi} if isinstance(aoi, str) else dict(aoi)
+        if aoi.get("path"):
+            aoi["path"] = str(resolve_path(base, aoi["path"]))
+        raw["aoi"] = aoi
     if raw.get("task") is not None:
         raw["task"] = parse_task(raw["task"])
     return from_dict(ZoneConfig, raw, "")

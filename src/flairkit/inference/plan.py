@@ -17,6 +17,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 from rasterio.crs import CRS
@@ -113,6 +114,7 @@ def zone_sources(
     """
     sources: dict[Modality, RasterSource] = {}
     gsd_m: dict[Modality, float] = {}
+    masks: dict[Modality, Path] = {}
     needed = list(model_config.inputs)
     for m in needed:
         where = f"inputs.{m.value}"
@@ -123,33 +125,112 @@ def zone_sources(
                 f"{where}: missing; the model {model_name(config.model)} needs {m.value} "
                 f"(inputs configured: {have})"
             )
-        if not cfg.path.is_file():
-            raise ConfigError(f"{where}.path: {cfg.path}: raster not found")
-        dates = None
+        path, dates, mask = resolve_input(config, m)
         if m.spec.is_time_series:
-            if cfg.dates is None:
+            if dates is None:
                 raise ConfigError(f"{where}.dates: missing; {m.value} is a time series")
-            if not cfg.dates.is_file():
-                raise ConfigError(f"{where}.dates: {cfg.dates}: dates file not found")
-            dates = cfg.dates
-        sources[m] = RasterSource(cfg.path, dates)
+            if not dates.is_file():
+                raise ConfigError(f"{where}.dates: {dates}: dates file not found")
+        sources[m] = RasterSource(path, dates if m.spec.is_time_series else None)
         gsd_m[m] = cfg.gsd_m or training_gsd_m(model_config, m)
+        if mask is not None:
+            masks[m] = mask
     s2 = config.inputs.get(Modality.SENTINEL2_TS)
     if Modality.SENTINEL2_MSK in Preprocessor(preprocess).required_modalities:
         where = f"inputs.{Modality.SENTINEL2_TS.value}.mask"
-        if s2 is None or s2.mask is None:
+        if s2 is None or Modality.SENTINEL2_TS not in masks:
             raise ConfigError(
                 f"{where}: missing; the model filters cloudy Sentinel-2 dates with the "
                 f"snow/cloud mask ({Modality.SENTINEL2_MSK.value}, 2 bands per date)"
             )
-        if not s2.mask.is_file():
-            raise ConfigError(f"{where}: {s2.mask}: raster not found")
-        sources[Modality.SENTINEL2_MSK] = RasterSource(s2.mask)
+        mask_path = masks[Modality.SENTINEL2_TS]
+        if not mask_path.is_file():
+            raise ConfigError(f"{where}: {mask_path}: raster not found")
+        sources[Modality.SENTINEL2_MSK] = RasterSource(mask_path)
         gsd_m[Modality.SENTINEL2_MSK] = gsd_m[Modality.SENTINEL2_TS]
     unused = [m.value for m in config.inputs if m not in needed]
     if unused:
         log.warning("inputs %s are not used by the model; ignored", ", ".join(unused))
     return sources, gsd_m
+
+
+_LIST_SUFFIXES = (".txt", ".lst", ".csv")
+
+
+def inputs_dir(config: ZoneConfig) -> Path:
+    """Where the VRTs of inputs given as tiles or per-date files go: ``<stem>.inputs/``."""
+    out = Path(config.output.path)
+    return out.with_name(f"{out.stem}.inputs")
+
+
+def resolve_input(config: ZoneConfig, modality: Modality) -> tuple[Path, Path | None, Path | None]:
+    """``(raster, dates file, mask)`` of an input as configured, or as VRTs built from tiles
+    and per-date files (``io.mosaic``), without copying a pixel.
+
+    - A raster file is read as it is (with ``dates`` and ``mask`` as configured).
+    - A folder, glob or list file (``.txt``/``.lst``) of rasters is mosaicked
+      (``<stem>.inputs/<MODALITY>.vrt``).
+    - For a time series, a folder, glob or list of per-date rasters (the date in each file
+      name: ``io.mosaic.read_date_series``) or a CSV ``date,path[,mask_path]`` is stacked
+      date by date, with its dates file and, from ``mask`` (a folder of per-date masks) or the
+      CSV, its mask stack.
+
+    Raises:
+        ConfigError: a path that does not exist (naming the key), ``dates`` given with
+            per-date files.
+        DataError: tiles or dates that do not fit together (naming the files).
+    """
+    from flairkit.io.mosaic import (
+        build_mosaic_vrt,
+        build_series_vrt,
+        collect_rasters,
+        read_date_series,
+    )
+
+    cfg = config.inputs[modality]
+    where = f"inputs.{modality.value}"
+    path = cfg.path
+    text = str(path)
+    pattern = any(ch in text for ch in "*?[")
+    if path.is_file() and path.suffix.lower() not in _LIST_SUFFIXES:
+        return path, cfg.dates, cfg.mask
+    if not pattern and not path.exists():
+        raise ConfigError(f"{where}.path: {path}: raster not found")
+    work = inputs_dir(config)
+    work.mkdir(parents=True, exist_ok=True)
+    if not modality.spec.is_time_series:
+        return build_mosaic_vrt(collect_rasters(path), work / f"{modality.value}.vrt"), None, None
+    if cfg.dates is not None:
+        raise ConfigError(
+            f"{where}.dates: per-date files carry their dates in their names (or the CSV); "
+            "leave dates out"
+        )
+    if cfg.mask is not None and not (cfg.mask.exists() or any(c in str(cfg.mask) for c in "*?[")):
+        raise ConfigError(f"{where}.mask: {cfg.mask}: not found")
+    series = read_date_series(path, cfg.mask)
+    stack, dates, mask = build_series_vrt(series, modality.spec.num_bands, work, modality.value)
+    return stack, dates, mask
+
+
+def _identity(config: ZoneConfig, source: RasterSource, gsd_m: float) -> dict[str, Any]:
+    """What a resumed map checks of an input: its path, size and dates file; for VRTs built
+    from tiles or per-date files (``resolve_input``), their content (the sources' paths and
+    dates), so that two outputs of the same inputs share a fingerprint wherever their
+    ``.inputs`` folder lies."""
+    import hashlib
+
+    path, dates = source.path, source.dates_path
+    if path.parent.resolve() == inputs_dir(config).resolve():
+        digest = hashlib.sha256(path.read_bytes())
+        if dates is not None:
+            digest.update(dates.read_bytes())
+        return {"built_sha256": digest.hexdigest(), "gsd_m": gsd_m}
+    return {
+        "path": str(path.resolve()),
+        "bytes": path.stat().st_size,
+        "dates": str(dates.resolve()) if dates else None,
+        "gsd_m": gsd_m,
+    }
 
 
 def _crs(value: str | None, where: str) -> CRS:
@@ -297,15 +378,7 @@ def plan_zone(config: ZoneConfig, model: ZoneModel) -> ZonePlan:
         "tile_px": tile_px,
         "overlap_px": overlap_px,
         "margin_px": margin_px,
-        "inputs": {
-            m.value: {
-                "path": str(s.path.resolve()),
-                "bytes": s.path.stat().st_size,
-                "dates": str(s.dates_path.resolve()) if s.dates_path else None,
-                "gsd_m": gsd_m[m],
-            }
-            for m, s in sources.items()
-        },
+        "inputs": {m.value: _identity(config, s, gsd_m[m]) for m, s in sources.items()},
     }
     classes = classes_for(task, model.config.tasks[task], preprocess.lpis_level)
     log.info(

@@ -35,7 +35,7 @@ import shutil
 import threading
 import time
 import warnings
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +187,7 @@ def map_piece(
     predictor: TilePredictor,
     config: ZoneConfig,
     progress: Any = None,
+    skip: Callable[[tuple[float, float, float, float]], bool] | None = None,
 ) -> MapOutputs:
     """Compute one piece from the writer's resume row on, and finish its files.
 
@@ -197,6 +198,8 @@ def map_piece(
         predictor: runs the model.
         config: the map config (runtime options).
         progress: a tqdm bar advanced by one per tile, or None.
+        skip: tells, from a tile's bounds, that it need not be read nor run (it then
+            contributes nothing, as a tile without data): tiles outside an area of interest.
 
     Returns:
         The piece's finished files.
@@ -207,26 +210,46 @@ def map_piece(
     blender = RowBlender(
         piece.grid, plan.num_classes, margin_px=plan.margin_px, start_row=start_row
     )
-    tiles = [t for t in blender.remaining_tiles() if t.grid_row < piece.band_stop]
+    needed = [t for t in blender.remaining_tiles() if t.grid_row < piece.band_stop]
     transform = piece.grid_transform(plan.georef)
     if plan.georef.crs is None:  # output_georef always gives the grid a CRS
         raise ValueError("the map grid has no CRS")
+    bounds = [piece.grid.tile_bounds(t, transform) for t in needed]
+    run = [i for i, b in enumerate(bounds) if skip is None or not skip(b)]
+    tiles = [needed[i] for i in run]
+    if progress is not None and len(run) < len(needed):
+        progress.update(len(needed) - len(run))  # skipped: done at once
     dataset = TileDataset(
-        plan.reader, Preprocessor(plan.preprocess),
-        [piece.grid.tile_bounds(t, transform) for t in tiles],
+        plan.reader, Preprocessor(plan.preprocess), [bounds[i] for i in run],
         plan.georef.crs, piece.grid.tile_px, plan.reference,
     )  # fmt: skip
     rows_out = _PieceWriter(piece, writer)
+    added = 0  # tiles of ``needed`` given to the blender (skipped ones as tiles without data)
 
-    def blend(batch: TileBatch, probs: np.ndarray | None) -> None:
+    def add(tile: Any, probs: np.ndarray | None, valid: np.ndarray | None) -> None:
+        for block in blender.add(tile, probs, valid):
+            rows_out.write(block)
+            release_free_memory()
+
+    def blend_up_to(position: int) -> None:
+        nonlocal added
+        while added < position:  # skipped tiles before this one
+            add(needed[added], None, None)
+            added += 1
+
+    def blend(batch: TileBatch | None, probs: np.ndarray | None) -> None:
+        nonlocal added
+        if batch is None:  # the end: the skipped tiles after the last one run
+            blend_up_to(len(needed))
+            return
         k = 0
         for item in batch.items:
             has_data = bool(item.valid.any())
             tile_probs = probs[k] if has_data and probs is not None else None
             k += has_data
-            for block in blender.add(tiles[item.position], tile_probs, item.valid):
-                rows_out.write(block)
-                release_free_memory()
+            blend_up_to(run[item.position])
+            add(tiles[item.position], tile_probs, item.valid)
+            added += 1
 
     blend_thread = _BlendThread(blend)
     blend_thread.start()
@@ -245,6 +268,8 @@ def map_piece(
         raise
     finally:
         batches.close()  # stops the reader threads or workers
+    if len(tiles) < len(needed):
+        blend_thread.put((None, None))
     try:
         blend_thread.close()
     finally:
