@@ -323,3 +323,30 @@ def test_bad_product_configs_are_one_line(
     assert main(["map", "-c", str(path), "--aoi", str(far), "--aoi-where", "dep = '99'"]) == 2
     assert "aoi.where:" in capsys.readouterr().err
     assert not (tmp_path / "p_tiles").exists()
+
+
+def test_a_single_map_with_an_aoi_covers_it_and_blanks_the_rest(
+    module_tmp: Path, model: Path, aoi: Path, department: dict, single: Path,
+    synthetic_zone: ZoneSummary,
+) -> None:  # fmt: skip
+    out = module_tmp / "aoi_map.tif"
+    predict_zone(config(department, model, out, aoi={"path": str(aoi)}))
+    mapped, transform = read(out)
+    full, full_transform = read(single)
+    shape = gpd.read_file(aoi).to_crs("EPSG:2154").geometry.union_all()
+    left, bottom, right, top = shape.intersection(box(*synthetic_zone.bounds)).bounds
+    assert abs(transform.c - left) <= 0.4 and abs(transform.f - top) <= 0.4  # the AOI's bounds
+    assert abs(transform.c + transform.a * mapped.shape[1] - right) <= 0.4
+    inside = geometry_mask([shape], mapped.shape, transform, invert=True)
+    assert (mapped[~inside] == NODATA_CLASS).all() and (~inside).sum() > 1000
+    assert (mapped[inside] != NODATA_CLASS).mean() > 0.95
+    # on the grid of the single map (grid.bounds), the AOI only blanks and skips: the pixels
+    # inside it are the single map's, bit for bit
+    bounds = list(snap_bounds(synthetic_zone.bounds, SIZE))
+    out = module_tmp / "aoi_grid.tif"
+    predict_zone(config(department, model, out, aoi={"path": str(aoi)}, grid={"bounds": bounds}))
+    mapped, transform = read(out)
+    assert transform == full_transform and mapped.shape == full.shape
+    inside = geometry_mask([shape], mapped.shape, transform, invert=True)
+    np.testing.assert_array_equal(mapped[inside], full[inside])
+    assert (mapped[~inside] == NODATA_CLASS).all()

@@ -33,9 +33,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from flairkit.config import ConfigError, ZoneConfig
+from flairkit.inference.aoi import masked_writer, read_aoi, window_skipper
 from flairkit.inference.plan import ZonePlan, plan_zone
 from flairkit.inference.predictor import (
     TilePredictor,
@@ -53,7 +52,7 @@ from flairkit.inference.zonal import (
     check_output_paths,
     map_piece,
 )
-from flairkit.io.writers import NODATA_CLASS, MapOutputs, StreamingMapWriter
+from flairkit.io.writers import MapOutputs, StreamingMapWriter
 from flairkit.sample import Georef
 
 log = logging.getLogger(__name__)
@@ -175,37 +174,6 @@ def rank_of_job(rank: int | None, world_size: int | None) -> tuple[int, int]:
 # -- the area and its tiles -----------------------------------------------------------------
 
 
-def read_aoi(config: ZoneConfig, crs: str) -> Any:
-    """The AOI's polygons as one shapely geometry in ``crs`` (None without an AOI).
-
-    Raises:
-        ConfigError: a missing or unreadable file, a bad ``where``, nothing selected, or no
-            polygon (the message names the ``aoi.*`` key).
-    """
-    aoi = config.aoi
-    if aoi is None:
-        return None
-    import geopandas as gpd
-
-    if not Path(aoi.path).is_file():
-        raise ConfigError(f"aoi.path: {aoi.path}: vector file not found")
-    try:
-        frame = gpd.read_file(aoi.path, where=aoi.where, layer=aoi.layer, engine="pyogrio")
-    except Exception as exc:  # pyogrio/GDAL errors: a bad filter, layer or file
-        key = "aoi.where" if aoi.where and "where" in str(exc).lower() else "aoi.path"
-        raise ConfigError(f"{key}: {aoi.path}: cannot read the AOI ({exc})") from exc
-    if frame.empty:
-        where = f" where {aoi.where}" if aoi.where else ""
-        raise ConfigError(f"aoi.where: {aoi.path}: no feature{where}")
-    if frame.crs is None:
-        raise ConfigError(f"aoi.path: {aoi.path}: the layer has no CRS")
-    frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
-    polygons = frame[frame.geom_type.isin(["Polygon", "MultiPolygon"])]
-    if polygons.empty:
-        raise ConfigError(f"aoi.path: {aoi.path}: no polygon among the features selected")
-    return polygons.to_crs(crs).geometry.union_all()
-
-
 def snap_bounds(
     bounds: tuple[float, float, float, float], size: float
 ) -> tuple[float, float, float, float]:
@@ -295,31 +263,6 @@ def product_plan(
 # -- computing one tile --------------------------------------------------------------------
 
 
-class _AoiWriter:
-    """A StreamingMapWriter whose rows outside the AOI become nodata as they are written."""
-
-    def __init__(self, writer: StreamingMapWriter, aoi: Any, georef: Georef) -> None:
-        self._writer = writer
-        self._aoi = aoi
-        self._georef = georef
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._writer, name)
-
-    def write_rows(self, row: int, classes: np.ndarray, proba: np.ndarray | None = None) -> None:
-        from rasterio.features import geometry_mask
-        from rasterio.transform import Affine
-
-        a, b, c, d, e, f = self._georef.transform
-        transform = Affine(a, b, c, d, e, f + e * row)
-        outside = geometry_mask([self._aoi], classes.shape, transform)  # True outside
-        if outside.any():
-            classes = np.where(outside, np.uint8(NODATA_CLASS), classes)
-            if proba is not None:
-                proba = np.where(outside[None], np.uint8(0), proba)
-        self._writer.write_rows(row, classes, proba)
-
-
 def _pieces(plan: ZonePlan, tile: ProductTile, width_px: int) -> list[Piece]:
     """The tile's rectangle as column strips whose sub-grids fit the blending budget."""
     g = plan.grid
@@ -335,13 +278,9 @@ def _tile_writer(
     path: Path, georef: Georef, plan: ZonePlan, config: ZoneConfig, tile: ProductTile,
     aoi: Any, extra: dict[str, Any] | None = None,
 ) -> StreamingMapWriter:  # fmt: skip
-    from shapely.geometry import box
-
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = _writer(path, georef, plan, config, {"tile": tile.name, **(extra or {})})
-    if aoi is not None and not aoi.contains(box(*tile.bounds)):
-        return _AoiWriter(writer, aoi, georef)  # type: ignore[return-value]  # a proxy
-    return writer
+    return masked_writer(writer, aoi, georef)
 
 
 def _map_tile(
@@ -356,17 +295,7 @@ def _map_tile(
         tile_georef.crs, tile_georef.transform, tile.col_stop - tile.col_start,
         tile.row_stop - tile.row_start,
     )  # fmt: skip
-    skip = None
-    from shapely.geometry import box
-
-    if aoi is not None and not aoi.contains(box(*tile.bounds)):
-        from shapely.prepared import prep
-
-        inside = prep(aoi)
-
-        def skip(bounds: tuple[float, float, float, float]) -> bool:
-            return not inside.intersects(box(*bounds))
-
+    skip = window_skipper(aoi, tile.bounds)
     if len(pieces) == 1:
         writer = _tile_writer(path, tile_georef, plan, config, tile, aoi)
         return map_piece(plan, pieces[0], writer, predictor, config, progress, skip)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import os
 import queue
@@ -45,6 +46,7 @@ import torch
 from rasterio.errors import NotGeoreferencedWarning
 
 from flairkit.config import ConfigError, ZoneConfig
+from flairkit.inference.aoi import masked_writer, read_aoi, window_skipper
 from flairkit.inference.dataset import TileBatch, TileDataset, loader_batches, prefetch_batches
 from flairkit.inference.fold import fold_batchnorm
 from flairkit.inference.plan import ZonePlan, plan_zone
@@ -451,7 +453,7 @@ def predict_zone(
     device = resolve_device(config.runtime.device)
     precision = resolve_precision(config.runtime.precision, device)
     with _runtime(config):
-        plan = plan_zone(config, model)
+        plan, aoi = _zone_plan(config, model)
         # Every rank checks, so that all of them return here or none (no rank left at a barrier).
         done = _final_is_done(config, plan)
         if done is not None:
@@ -461,19 +463,42 @@ def predict_zone(
         layout = plan_pieces(plan.grid, world_size, width_px)
         if world_size == 1 and len(layout[0]) == 1:
             predictor = _predictor(config, plan, model, device, precision, owns_network)
-            return _map_pieces(config, plan, predictor, layout[0], single=True)
+            return _map_pieces(config, plan, predictor, layout[0], single=True, aoi=aoi)
         # Joined before the work, so that a bad rendezvous fails at once, not hours later.
         group = _process_group(world_size)
         try:
             if layout[rank]:
                 predictor = _predictor(config, plan, model, device, precision, owns_network)
-                _map_pieces(config, plan, predictor, layout[rank], single=False)
+                _map_pieces(config, plan, predictor, layout[rank], single=False, aoi=aoi)
             return _gather(config, plan, layout, rank, group is not None)
         finally:
             if group == "ours":
                 import torch.distributed as dist
 
                 dist.destroy_process_group()
+
+
+def _zone_plan(config: ZoneConfig, model: ZoneModel) -> tuple[ZonePlan, Any]:
+    """The plan and the AOI (None without one): with an AOI and no ``grid.bounds``, the map
+    covers the AOI's bounds within the reference input's extent.
+
+    Raises:
+        ConfigError: a bad AOI, or one that misses the inputs.
+    """
+    plan = plan_zone(config, model)
+    if config.aoi is None:
+        return plan, None
+    assert plan.georef.crs is not None  # output_georef always gives a CRS
+    aoi = read_aoi(config, plan.georef.crs)
+    if config.grid.bounds is None:
+        a, b = aoi.bounds, plan.georef.bounds
+        bounds = (max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3]))
+        if bounds[0] >= bounds[2] or bounds[1] >= bounds[3]:
+            raise ConfigError(f"aoi.path: {config.aoi.path}: the AOI misses the inputs' extent")
+        grid = dataclasses.replace(config.grid, bounds=bounds, crs=plan.georef.crs)
+        plan = plan_zone(dataclasses.replace(config, grid=grid), model)
+    plan.fingerprint = {**plan.fingerprint, "aoi": aoi.wkb_hex}
+    return plan, aoi
 
 
 def _gather(
@@ -543,24 +568,29 @@ def _map_pieces(
     predictor: TilePredictor,
     pieces: Sequence[Piece],
     single: bool,
+    aoi: Any = None,
 ) -> MapOutputs | None:
-    """Compute pieces (one piece straight into the final files when ``single``)."""
+    """Compute pieces (one piece straight into the final files when ``single``); with an
+    AOI, windows that miss it are not run and pixels outside it are nodata."""
     writers = []
     for piece in pieces:
+        georef = piece.georef(plan.georef)
         if single:
-            writers.append(_writer(config.output.path, plan.georef, plan, config))
+            writer = _writer(config.output.path, plan.georef, plan, config)
         else:
             extra = {"piece": [piece.row_start, piece.row_stop, piece.col_start, piece.col_stop]}
             path = _piece_path(config, piece)
             path.parent.mkdir(parents=True, exist_ok=True)
-            writers.append(_writer(path, piece.georef(plan.georef), plan, config, extra))
+            writer = _writer(path, georef, plan, config, extra)
+        writers.append(masked_writer(writer, aoi, georef))
     total = sum(_tiles_left(p, w) for p, w in zip(pieces, writers, strict=True))
     progress = _progress_bar(total, config.runtime.progress)
     started = time.perf_counter()
     outputs = None
     try:
         for piece, writer in zip(pieces, writers, strict=True):
-            outputs = map_piece(plan, piece, writer, predictor, config, progress)
+            skip = window_skipper(aoi, piece.georef(plan.georef).bounds)
+            outputs = map_piece(plan, piece, writer, predictor, config, progress, skip)
     finally:
         if progress is not None:
             progress.close()
@@ -636,7 +666,7 @@ def merge_zone(
     check_output_paths(config)  # before anything is written or deleted
     model = model or load_zone_model(config.model, with_network=False, preset=config.model_preset)
     with _runtime(config):
-        plan = plan_zone(config, model)
+        plan, _ = _zone_plan(config, model)
         done = _final_is_done(config, plan)
         if done is not None:
             return done
