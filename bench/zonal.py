@@ -24,6 +24,18 @@ reported beside: imports, building, weights):
                   the map's px/s with (at 4096^2 the map computes 81 tiles of 512 px, 1.27 px
                   per output px; the official tiling, 2048 px tiles with 512 px margins, 4)
 
+Tiled products (``output.tile_size_m``, ``inference.product``) from inputs as they come: the
+8192^2 px aerial raster cut into 16 ortho tiles of 2048^2 px (a folder), Sentinel-2 as one file
+per date (20 dates, UTM 31N, with one mask file per date), 1 km tiles (5000 px) on the
+Lambert-93 grid of multiples of 1 km (2 x 2 tiles: 10^8 px, 2/3 of them with data), the tiny
+network with the LC-D recipe (aerial + S2: both are read, cloud-filtered and normalised) on
+256 px windows:
+
+  product_tiny_s2_8192        the tiled product, one process
+  single_tiny_s2_8192         the single-zone map of the same area from the same inputs
+  product_tiny_s2_8192_2proc  the tiled product, 2 processes (ranks 0 and 1 at once): px/s
+                              over the wall time of both
+
 The figures depend on the CPU and on what else runs on it: each row gives ``matmul_gflops``
 (fp32 matmul throughput measured just before) and the load average before and after.
 
@@ -51,7 +63,12 @@ CONFIGS: dict[str, tuple[str, int, int, bool]] = {
     "tiny_16384": ("aerial", 16384, 16384, True),
     "aerial_s2_2048": ("aerial_s2", 4096, 2048, False),
     "resnet18_network": ("aerial", 4096, 0, False),
+    "product_tiny_s2_8192": ("aerial_s2", 8192, 8192, True),
+    "single_tiny_s2_8192": ("aerial_s2", 8192, 8192, True),
+    "product_tiny_s2_8192_2proc": ("aerial_s2", 8192, 8192, True),
 }
+#: The tiled-product rows: 1 km tiles, 256 px windows.
+PRODUCT_TILE_M = 1000.0
 #: The official FLAIR-HUB zonal code on a 2-core CPU, ResNet18 U-Net, 4096^2 aerial raster,
 #: tile 2048, margin 512 (figures given in the issue, not measured here).
 OFFICIAL = {"px_per_s": 99_000, "peak_rss_mb": 3700}
@@ -78,6 +95,9 @@ def prepare(data_dir: Path, names: list[str]) -> None:
             georef = make_large_aerial_raster(path, size, seed=0)
             if size == 4096:
                 make_large_sentinel2(data_dir / "s2", georef.bounds, num_dates=20, seed=0)
+            if size == 8192 and any(n.startswith(("product", "single")) for n in names):
+                make_large_sentinel2(data_dir / "s2_8192", georef.bounds, num_dates=20, seed=0)
+                as_they_come(data_dir, path)
     models = {"aerial": ("LC-A", False), "aerial_s2": ("LC-D", True)}
     for name in sorted({CONFIGS[n][0] for n in names}):
         path = data_dir / f"{name}.safetensors"
@@ -87,6 +107,143 @@ def prepare(data_dir: Path, names: list[str]) -> None:
         torch.manual_seed(0)
         cfg = preset_config(preset, aux=False, arch="resnet18-unet")
         save_model(path, build_model(cfg).eval(), cfg, preprocess_config_for(list(cfg.inputs)))
+
+
+def as_they_come(data_dir: Path, aerial: Path) -> None:
+    """The 8192^2 raster as 16 ortho tiles, its S2 stack and mask as per-date UTM files."""
+    import numpy as np
+    import rasterio
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+    from rasterio.windows import Window
+
+    from flairkit.io.dates import read_dates_file
+
+    tiles = data_dir / "ortho_8192"
+    tiles.mkdir(exist_ok=True)
+    with rasterio.open(aerial) as src:
+        profile = {**src.profile, "driver": "GTiff"}
+        step = src.width // 4
+        for i in range(4):
+            for j in range(4):
+                window = Window(j * step, i * step, step, step)
+                out = {**profile, "width": step, "height": step,
+                       "transform": src.window_transform(window)}  # fmt: skip
+                with rasterio.open(tiles / f"ortho_{i}_{j}.tif", "w", **out) as dst:
+                    dst.write(src.read(window=window))
+    s2 = data_dir / "s2_8192"
+    dates = read_dates_file(s2 / "SENTINEL2_TS_dates.txt")
+    for name, per_date, folder in (("SENTINEL2_TS", 10, "s2_dates"), ("SENTINEL2_MSK-SC", 2, "s2_masks")):  # fmt: skip
+        out_dir = data_dir / folder
+        out_dir.mkdir(exist_ok=True)
+        with rasterio.open(s2 / f"{name}.tif") as src:
+            stack = src.read()
+            transform, width, height = calculate_default_transform(
+                src.crs, "EPSG:32631", src.width, src.height, *src.bounds, resolution=10.0
+            )
+            for t, date in enumerate(dates):
+                band = np.zeros((per_date, height, width), stack.dtype)
+                reproject(
+                    stack[t * per_date : (t + 1) * per_date], band, src_transform=src.transform,
+                    src_crs=src.crs, dst_transform=transform, dst_crs="EPSG:32631",
+                    resampling=Resampling.nearest,
+                )  # fmt: skip
+                day = str(date).replace("-", "")
+                with rasterio.open(
+                    out_dir / f"{name}_{day}.tif", "w", driver="GTiff", width=width,
+                    height=height, count=per_date, dtype=stack.dtype, crs="EPSG:32631",
+                    transform=transform, compress="deflate",
+                ) as dst:  # fmt: skip
+                    dst.write(band)
+
+
+def run_product(name: str) -> dict:
+    """A tiled product (or the single map of its area) of the 8192^2 inputs as they come."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from flairkit.config import load_zone_config
+    from flairkit.inference.product import predict_product, snap_bounds
+    from flairkit.inference.zonal import predict_zone
+    from flairkit.io.mosaic import build_mosaic_vrt, collect_rasters
+
+    data_dir = Path(os.environ[DIR_ENV])
+    out_dir = Path(tempfile.mkdtemp(prefix=f"map_{name}_", dir=data_dir))
+    vrt = build_mosaic_vrt(collect_rasters(data_dir / "ortho_8192"), out_dir / "extent.vrt")
+    import rasterio
+
+    with rasterio.open(vrt) as src:
+        bounds = snap_bounds(tuple(src.bounds), PRODUCT_TILE_M)
+    product = name.startswith("product")
+    raw = {
+        "model": str(data_dir / "aerial_s2.safetensors"),
+        "inputs": {
+            "AERIAL_RGBI": str(data_dir / "ortho_8192"),
+            "SENTINEL2_TS": {"path": str(data_dir / "s2_dates"), "mask": str(data_dir / "s2_masks")},
+        },
+        "output": {"path": str(out_dir / ("map.vrt" if product else "map.tif")),
+                   "on_existing": "overwrite"},
+        "grid": {"bounds": list(bounds)},
+        "tiling": {"tile_px": 256},
+        "runtime": {"progress": False},
+    }  # fmt: skip
+    if product:
+        raw["output"]["tile_size_m"] = PRODUCT_TILE_M
+    config_path = out_dir / "map.yaml"
+    config_path.write_text(yaml.safe_dump(raw))
+    config = load_zone_config(config_path)
+    gflops = matmul_gflops()
+    load_before = os.getloadavg()[0]
+    pixels = round((bounds[2] - bounds[0]) / 0.2) * round((bounds[3] - bounds[1]) / 0.2)
+    start = time.perf_counter()
+    if name.endswith("2proc"):
+        env = {**os.environ, DIR_ENV: str(data_dir), "FLAIRKIT_BENCH_TINY": "1"}
+        code = (
+            f"import sys, dataclasses; sys.path.insert(0, {str(Path(__file__).parent)!r}); from zonal import tiny_model_of; "
+            "from flairkit.config import load_zone_config; "
+            "from flairkit.inference.product import predict_product; "
+            f"cfg = load_zone_config({str(config_path)!r}); "
+            "predict_product(cfg, model=tiny_model_of(cfg), rank=int(sys.argv[1]), world_size=2)"
+        )
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(r)], env=env) for r in (0, 1)]
+        codes = [p.wait() for p in procs]
+        if any(codes):
+            raise RuntimeError(f"ranks exited {codes}")
+        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    else:
+        model = tiny_model_of(config)
+        start = time.perf_counter()
+        if product:
+            predict_product(config, model=model)
+        else:
+            predict_zone(config, model=model)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    elapsed = time.perf_counter() - start
+    km2 = pixels * 0.04 / 1e6
+    return {
+        "network": "tiny (LC-D recipe: aerial + S2 read)",
+        "inputs": "16 ortho tiles + 20 per-date S2 files and masks (UTM 31N)",
+        "map_px": pixels,
+        "tile_size_m": PRODUCT_TILE_M if product else None,
+        "seconds": round(elapsed, 1),
+        "px_per_s": round(pixels / elapsed),
+        "km2_per_h": round(km2 / elapsed * 3600, 1),
+        "peak_rss_mb": round(rss, 1),
+        "matmul_gflops": round(gflops, 1),
+        "load_avg_before": round(load_before, 2),
+        "load_avg_after": round(os.getloadavg()[0], 2),
+    }
+
+
+def tiny_model_of(config):
+    """The config's model file (its recipe) with the tiny network in place of its own."""
+    import dataclasses
+
+    from flairkit.inference.predictor import load_zone_model
+
+    model = load_zone_model(config.model)
+    return dataclasses.replace(model, network=tiny_network(19))
 
 
 def tiny_network(num_classes: int):
@@ -144,6 +301,8 @@ def run_one(name: str) -> dict:
     """Map one configuration in this process; time it and report the peak RSS."""
     if name == "resnet18_network":
         return run_network()
+    if name.startswith(("product", "single")):
+        return run_product(name)
     import dataclasses
 
     import torch
