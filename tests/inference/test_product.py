@@ -177,7 +177,8 @@ def single(module_tmp: Path, synthetic_zone: ZoneSummary, model: Path, departmen
 @pytest.fixture(scope="module")
 def product(module_tmp: Path, model: Path, aoi: Path, department: dict):
     out = module_tmp / "one" / "zone.vrt"
-    cfg = config(department, model, out, output={"tile_size_m": SIZE}, aoi={"path": str(aoi)})
+    output = {"tile_size_m": SIZE, "vectors": True}
+    cfg = config(department, model, out, output=output, aoi={"path": str(aoi)})
     return cfg, predict_product(cfg)
 
 
@@ -218,6 +219,15 @@ def test_the_mosaic_is_the_single_map_inside_the_aoi_and_nodata_outside(
             assert abs(left / SIZE - round(left / SIZE)) * SIZE < 0.4 and name.endswith(
                 f"_{round(left / SIZE) * round(SIZE):07d}_{round(top / SIZE) * round(SIZE):07d}"
             )
+            # the tile's polygons: its classes, its area (simplified by a pixel)
+            classes = tile.read(1)
+            polygons = gpd.read_file(paths.vrt.parent / Path(rel).with_suffix(".gpkg"))
+            assert polygons.crs == tile.crs and set(polygons["class"]) == set(
+                np.unique(classes[classes != NODATA_CLASS])
+            )
+            area = (classes != NODATA_CLASS).sum() * 0.4**2
+            assert abs(polygons.area.sum() - area) <= 0.02 * area + 1
+            assert set(polygons.name) <= {c.name for c in COSIA_CLASSES}
     assert paths.preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths.qml.is_file()
     assert summary.computed == summary.total and summary.km2_per_hour > 0
     # a rerun computes nothing
@@ -309,6 +319,10 @@ def test_bad_product_configs_are_one_line(
     path.write_text(yaml.safe_dump(raw))
     assert main(["map", "-c", str(path), "--tile-size-m", "100"]) == 2
     assert "output.path:" in capsys.readouterr().err
+    raw["output"] = {"path": str(tmp_path / "p.tif"), "vectors": True}
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["map", "-c", str(path)]) == 2
+    assert "output.vectors: polygons are written per tile" in capsys.readouterr().err
     raw["output"] = {"path": str(tmp_path / "p.vrt"), "tile_size_m": 100.1}
     path.write_text(yaml.safe_dump(raw))
     assert main(["map", "-c", str(path)]) == 2

@@ -88,12 +88,15 @@ class ZoneOutputConfig:
             tiles of this side (map CRS units, e.g. 5000 in Lambert-93), on the grid of its
             multiples; ``path`` then names the mosaic ``.vrt``, the tiles go to
             ``<stem>_tiles/`` beside it, with ``<stem>_index.gpkg`` and ``<stem>_preview.png``.
+        vectors: with ``tile_size_m``, also each tile's class polygons (simplified by one
+            pixel) as ``<tile>.gpkg`` beside its COG.
     """
 
     path: Path
     write_proba: bool = False
     on_existing: Literal["resume", "overwrite", "error"] = "resume"
     tile_size_m: float | None = None
+    vectors: bool = False
 
 
 @dataclass(frozen=True)
@@ -218,6 +221,10 @@ class ZoneConfig:
         if t.margin_px is not None and t.margin_px < 0:
             raise ConfigError(f"tiling.margin_px: must be >= 0, got {t.margin_px}")
         o = self.output
+        if o.vectors and o.tile_size_m is None:
+            raise ConfigError(
+                "output.vectors: polygons are written per tile; set output.tile_size_m"
+            )
         if o.tile_size_m is not None:
             if not o.tile_size_m > 0:
                 raise ConfigError(f"output.tile_size_m: must be positive, got {o.tile_size_m}")

@@ -52,7 +52,7 @@ from flairkit.inference.zonal import (
     check_output_paths,
     map_piece,
 )
-from flairkit.io.writers import MapOutputs, StreamingMapWriter
+from flairkit.io.writers import NODATA_CLASS, MapOutputs, StreamingMapWriter
 from flairkit.sample import Georef
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,10 @@ class ProductPaths:
     def tile(self, tile: ProductTile) -> Path:
         """A tile's class map COG."""
         return self.tiles_dir / f"{tile.name}.tif"
+
+    def vectors(self, tile: ProductTile) -> Path:
+        """A tile's class polygons (``output.vectors``)."""
+        return self.tiles_dir / f"{tile.name}.gpkg"
 
 
 @dataclass(frozen=True)
@@ -414,6 +418,12 @@ def predict_product(
                 predictor = _predictor(config, plan, model, device, precision, owns_network)
                 for tile in todo:
                     _map_tile(plan, tile, paths, predictor, config, aoi, progress)
+                    if config.output.vectors:
+                        write_tile_vectors(paths.tile(tile), paths.vectors(tile), plan)
+            if config.output.vectors:  # tiles finished by a run killed before their polygons
+                for tile in mine:
+                    if tile not in todo and not paths.vectors(tile).exists():
+                        write_tile_vectors(paths.tile(tile), paths.vectors(tile), plan)
         finally:
             progress.close()
         seconds = time.perf_counter() - started
@@ -451,6 +461,35 @@ def _check_product_paths(config: ZoneConfig, paths: ProductPaths) -> None:
                 f"output.path: {paths.vrt} would write into {paths.tiles_dir}, which holds the "
                 f"map's {key} ({protected}); choose another output path"
             )
+
+
+def write_tile_vectors(class_path: Path, out: Path, plan: ZonePlan) -> Path:
+    """A tile's class map as polygons (``rasterio.features.shapes``), one row per polygon with
+    its class value and name, simplified by one pixel (topology kept per polygon), written to
+    a GeoPackage atomically (layer ``classes``)."""
+    import geopandas as gpd
+    import rasterio
+    from rasterio.features import shapes
+    from shapely.geometry import shape
+
+    with rasterio.open(class_path) as src:
+        classes = src.read(1)
+        transform, crs = src.transform, src.crs
+    names = {c.value: c.name for c in plan.classes}
+    values, geometries = [], []
+    for geometry, value in shapes(classes, mask=classes != NODATA_CLASS, transform=transform):
+        values.append(int(value))
+        geometries.append(shape(geometry).simplify(abs(transform.a), preserve_topology=True))
+    frame = gpd.GeoDataFrame(
+        {"class": values, "name": [names.get(v, f"class {v}") for v in values]},
+        geometry=geometries,
+        crs=crs,
+    )
+    tmp = out.with_name(f".{out.stem}.tmp.gpkg")
+    tmp.unlink(missing_ok=True)
+    frame.to_file(tmp, layer="classes", driver="GPKG", engine="pyogrio")
+    os.replace(tmp, out)
+    return out
 
 
 def finalize_product(
