@@ -35,6 +35,8 @@ network with the LC-D recipe (aerial + S2: both are read, cloud-filtered and nor
   single_tiny_s2_8192         the single-zone map of the same area from the same inputs
   product_tiny_s2_8192_2proc  the tiled product, 2 processes (ranks 0 and 1 at once): px/s
                               over the wall time of both
+  product_tiny_s2_8192_1tile  the tiled product of one of the 4 tiles: peak RSS must not grow
+                              from 1 tile to 4 (memory is one tile's, whatever the area)
 
 The figures depend on the CPU and on what else runs on it: each row gives ``matmul_gflops``
 (fp32 matmul throughput measured just before) and the load average before and after.
@@ -66,6 +68,7 @@ CONFIGS: dict[str, tuple[str, int, int, bool]] = {
     "product_tiny_s2_8192": ("aerial_s2", 8192, 8192, True),
     "single_tiny_s2_8192": ("aerial_s2", 8192, 8192, True),
     "product_tiny_s2_8192_2proc": ("aerial_s2", 8192, 8192, True),
+    "product_tiny_s2_8192_1tile": ("aerial_s2", 8192, 8192, True),
 }
 #: The tiled-product rows: 1 km tiles, 256 px windows.
 PRODUCT_TILE_M = 1000.0
@@ -175,6 +178,8 @@ def run_product(name: str) -> dict:
 
     with rasterio.open(vrt) as src:
         bounds = snap_bounds(tuple(src.bounds), PRODUCT_TILE_M)
+    if name.endswith("1tile"):  # the north-west tile
+        bounds = (bounds[0], bounds[3] - PRODUCT_TILE_M, bounds[0] + PRODUCT_TILE_M, bounds[3])
     product = name.startswith("product")
     raw = {
         "model": str(data_dir / "aerial_s2.safetensors"),

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import geopandas as gpd
@@ -26,10 +27,13 @@ from shapely.geometry import Polygon, box
 from flairkit.checkpoint import save_model
 from flairkit.cli import main
 from flairkit.config import ModelConfig, ZoneConfig, from_dict, preprocess_config_for
+from flairkit.inference.predictor import load_zone_model
 from flairkit.inference.product import (
     DONE,
     ProductPaths,
+    finalize_product,
     predict_product,
+    product_plan,
     product_tiles,
     rank_of_job,
     read_index,
@@ -233,6 +237,15 @@ def test_the_mosaic_is_the_single_map_inside_the_aoi_and_nodata_outside(
     # a rerun computes nothing
     again = predict_product(cfg)
     assert (again.computed, again.skipped) == (0, summary.total)
+    # the index reads finished tiles as done whatever on_existing says (overwrite recomputes
+    # them, error refuses to start)
+    model = load_zone_model(cfg.model, with_network=False)
+    for mode in ("overwrite", "error"):
+        other = replace(cfg, output=replace(cfg.output, on_existing=mode))
+        plan, tiles, _, no_data = product_plan(other, model)
+        assert finalize_product(other, plan, tiles, no_data, paths) == summary.total
+    with pytest.raises(FileExistsError, match="the product exists"):
+        predict_product(replace(cfg, output=replace(cfg.output, on_existing="error")))
 
 
 def test_two_jobs_write_the_same_bytes_and_a_killed_job_is_finished_by_a_rerun(

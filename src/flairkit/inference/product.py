@@ -396,6 +396,10 @@ def predict_product(
     rank, world_size = rank_of_job(rank, world_size)
     paths = ProductPaths.of(config.output.path)
     _check_product_paths(config, paths)
+    if config.output.on_existing == "error" and (
+        paths.vrt.exists() or (paths.tiles_dir.is_dir() and any(paths.tiles_dir.iterdir()))
+    ):
+        raise FileExistsError(f"{paths.vrt}: the product exists ({paths.tiles_dir})")
     owns_network = model is None
     model = model or load_zone_model(config.model, preset=config.model_preset)
     device = resolve_device(config.runtime.device)
@@ -435,11 +439,19 @@ def predict_product(
 
 
 def _is_finished(
-    plan: ZonePlan, config: ZoneConfig, paths: ProductPaths, tile: ProductTile
-) -> bool:
+    plan: ZonePlan, config: ZoneConfig, paths: ProductPaths, tile: ProductTile,
+    to_compute: bool = True,
+) -> bool:  # fmt: skip
+    """Whether a tile's COG is finished with this run's settings. ``to_compute``: whether the
+    run should skip it (``on_existing: overwrite`` recomputes every tile once); the index
+    asks with ``to_compute=False``, whatever ``on_existing`` says."""
     path = paths.tile(tile)
-    if not path.exists() or config.output.on_existing == "overwrite":
+    if not path.exists():
         return False
+    if to_compute and config.output.on_existing == "overwrite":
+        return False
+    if config.output.on_existing != "resume":  # read it as a resume would; never delete it
+        config = replace(config, output=replace(config.output, on_existing="resume"))
     georef = Georef(
         plan.georef.crs,
         Piece(tile.row_start, tile.row_stop, tile.col_start, tile.col_stop, plan.grid)
@@ -512,7 +524,7 @@ def finalize_product(
         for tile in tiles:
             if tile.name in no_data:
                 status[tile.name] = NO_DATA
-            elif _is_finished(plan, config, paths, tile):
+            elif _is_finished(plan, config, paths, tile, to_compute=False):
                 status[tile.name] = DONE
             else:
                 status[tile.name] = PENDING
