@@ -233,6 +233,15 @@ def test_the_mosaic_is_the_single_map_inside_the_aoi_and_nodata_outside(
             assert abs(polygons.area.sum() - area) <= 0.02 * area + 1
             assert set(polygons.name) <= {c.name for c in COSIA_CLASSES}
     assert paths.preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths.qml.is_file()
+    with rasterio.open(paths.vrt) as src:  # the mosaic: class colours and a reduced copy
+        assert src.colormap(1)[1][:3] == hex_to_rgb(COSIA_CLASSES[1].colour)
+        assert src.overviews(1) == [2]
+        reduced = src.read(1, out_shape=(src.height // 2, src.width // 2))
+    with rasterio.open(paths.vrt.with_name("zone_overview.tif")) as ovr:
+        assert ovr.read(1).shape == (-(-mosaic.shape[0] // 2), -(-mosaic.shape[1] // 2))
+        same = reduced == ovr.read(1)[: reduced.shape[0], : reduced.shape[1]]
+        assert same.mean() > 0.99  # both nearest samples of the mosaic (phases may differ)
+        assert (ovr.read(1) != NODATA_CLASS).mean() > 0.2
     assert summary.computed == summary.total and summary.km2_per_hour > 0
     # a rerun computes nothing
     again = predict_product(cfg)

@@ -529,21 +529,110 @@ def finalize_product(
             else:
                 status[tile.name] = PENDING
         done = [t for t in tiles if status[t.name] == DONE]
+        complete = bool(done) and len(done) == len(tiles) - len(no_data)
         if done:
             from flairkit.io.mosaic import build_mosaic_vrt
             from flairkit.io.sidecars import write_qml
 
             build_mosaic_vrt([paths.tile(t) for t in done], paths.vrt)
+            overview = _write_overview(paths, plan) if complete else None
+            _style_vrt(paths.vrt, plan, overview)
             if not paths.qml.exists():
                 write_qml(paths.qml, plan.classes)
         _write_index(plan, tiles, status, paths)
-        if done and len(done) == len(tiles) - len(no_data):
+        if complete:
             from flairkit.io.sidecars import write_preview_png
 
             tmp = paths.preview.with_name(f".{paths.preview.name}.tmp")
             write_preview_png(paths.vrt, tmp, plan.classes, 1024)
             os.replace(tmp, paths.preview)
     return len(done)
+
+
+#: Longest side of the mosaic's overview raster (``<stem>_overview.tif``) at most about this.
+OVERVIEW_MAX_PX = 4096
+
+
+def _write_overview(paths: ProductPaths, plan: ZonePlan) -> Path:
+    """A reduced copy of the whole mosaic (``<stem>_overview.tif``: a power-of-2 reduction to
+    at most ~4096 px a side, tiled, with its own overviews and the colour table), read block
+    by block from the VRT, so from each tile's internal overviews: zoomed-out views of a
+    department open without reading the tiles at full resolution. Written atomically."""
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.windows import Window
+
+    from flairkit.modalities import hex_to_rgb
+
+    out = paths.vrt.with_name(f"{paths.vrt.stem}_overview.tif")
+    tmp = out.with_name(f".{out.name}.tmp")
+    with rasterio.open(paths.vrt) as src:
+        factor = 2
+        while max(src.width, src.height) / factor > OVERVIEW_MAX_PX:
+            factor *= 2
+        width, height = math.ceil(src.width / factor), math.ceil(src.height / factor)
+        profile = {
+            "driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "uint8",
+            "crs": src.crs, "transform": src.transform * src.transform.scale(factor, factor),
+            "nodata": NODATA_CLASS, "tiled": True, "blockxsize": 256, "blockysize": 256,
+            "compress": "deflate",
+        }  # fmt: skip
+        with rasterio.open(tmp, "w", **profile) as dst:
+            block = 512
+            for row in range(0, height, block):
+                for col in range(0, width, block):
+                    rows, cols = min(block, height - row), min(block, width - col)
+                    window = Window(
+                        col * factor, row * factor,
+                        min(cols * factor, src.width - col * factor),
+                        min(rows * factor, src.height - row * factor),
+                    )  # fmt: skip
+                    data = src.read(
+                        1, window=window, out_shape=(rows, cols), resampling=Resampling.nearest
+                    )
+                    dst.write(data, 1, window=Window(col, row, cols, rows))
+            dst.write_colormap(1, {c.value: (*hex_to_rgb(c.colour), 255) for c in plan.classes})
+            levels = [2**k for k in range(1, 8) if max(width, height) / 2**k >= 256]
+            if levels:
+                dst.build_overviews(levels, Resampling.mode)
+    os.replace(tmp, out)
+    return out
+
+
+def _style_vrt(vrt: Path, plan: ZonePlan, overview: Path | None) -> None:
+    """Give the mosaic's band the class colour table and, once complete, the overview raster
+    as its overview (GDAL VRT ``<Overview>``); rewritten atomically."""
+    import xml.etree.ElementTree as ET
+
+    from flairkit.modalities import hex_to_rgb
+
+    tree = ET.parse(vrt)
+    band = tree.getroot().find("VRTRasterBand")
+    if band is None:
+        return
+    for tag in ("ColorInterp", "ColorTable", "Overview"):
+        for element in band.findall(tag):
+            band.remove(element)
+    position = 0
+    interp = ET.Element("ColorInterp")
+    interp.text = "Palette"
+    table = ET.Element("ColorTable")
+    colours = {c.value: hex_to_rgb(c.colour) for c in plan.classes}
+    for value in range(max(colours) + 1):
+        r, g, b = colours.get(value, (0, 0, 0))
+        ET.SubElement(table, "Entry", c1=str(r), c2=str(g), c3=str(b), c4="255")
+    for element in (interp, table):
+        band.insert(position + (1 if band.find("NoDataValue") is not None else 0), element)
+        position += 1
+    if overview is not None:
+        ov = ET.SubElement(band, "Overview")
+        name = ET.SubElement(ov, "SourceFilename", relativeToVRT="1")
+        name.text = overview.name
+        ET.SubElement(ov, "SourceBand").text = "1"
+    ET.indent(tree, "  ")
+    tmp = vrt.with_name(f".{vrt.name}.tmp")
+    tree.write(tmp, encoding="unicode")
+    os.replace(tmp, vrt)
 
 
 def _write_index(
