@@ -1,0 +1,460 @@
+"""Learning parity: flairkit vs the unmodified official FLAIR-HUB code, same data, same recipe.
+
+Prints one JSON line. For each preset, seed and tool it trains from scratch on the same synthetic
+learnable set, keeps the best checkpoint by validation score, predicts the validation and the test
+split and scores both tools' predictions the same way: a confusion matrix of the predicted map
+against the label file's first band (values outside the class range dropped), scored by
+``flairkit.metrics.scores`` with LPIS classes 21 and 22 left out (the benchmark's formula). Rows
+also give the loss curve's key points (mean train loss of the first, middle and last epoch) and
+the epoch of the kept checkpoint; the summary gives flairkit / official (mean over seeds, with
+the standard deviation over seeds) for test mIoU and OA.
+
+Data (``flairkit synth --seed 0``, real layout and sizes; crop types differ only in their
+Sentinel-2 phenology): domain-years D006-2020 and D012-2019, 5 ROIs of 2 x 4 patches each.
+Train: the 32 patches of the first four D006-2020 ROIs; val: the 8 of its fifth ROI; test: 8
+patches of D012-2019 (another department-year). The three lists are written as official CSV lists
+(absolute paths) that both tools read.
+
+Recipe (both tools): LPIS-F (U-TAE on Sentinel-2 alone, LPIS level 1), ``--epochs`` epochs (40),
+batch 8, AdamW lr 5e-3, weight decay 0.01, betas (0.9, 0.999), one-cycle per step with 10 %
+warm-up and lr / 1000 at the start, class weights 0 for LPIS 21 and 22, no augmentation, no
+auxiliary head, no early stopping (patience = epochs), fp32 on the CPU, the S2 cloud/snow date
+filter with the benchmark thresholds, raw (unnormalised) S2. Each run in a fresh subprocess.
+
+How each tool is run:
+  flairkit  ``flairkit.training.run.fit`` / ``evaluate`` on ``configs/LPIS-F.yaml`` with dotted
+            overrides (data.root = the CSV folder, data.split = csv); val and test scores are
+            its own confusion matrices scored by ``flairkit.metrics``.
+  official  the functions ``flair_hub.main.main`` calls (``get_datasets``, ``build_data_module``,
+            ``training_stage``) on a config assembled from the repository's
+            ``configs/train/*.yaml`` with only keys changed (inputs, labels, weights, paths,
+            hyperparameters, CPU); the best checkpoint is the one ``training_stage`` returns
+            (its own criterion: the weighted Jaccard index over all 23 classes); predictions
+            come from its ``SegmentationTask.predict_step`` over its own predict loader, once
+            with the val list, once with the test list. smp's ``create_model`` is wrapped so it
+            never downloads ImageNet weights (unused by LPIS-F). Nothing of the official code is
+            modified. Its imports need, outside the venv, segmentation-models-pytorch 0.4.0 and
+            what the official modules import that the venv lacks; on 2026-12-04 this sufficed:
+            ``.venv/bin/pip install --target /tmp/smp040 --no-deps
+            segmentation-models-pytorch==0.4.0 efficientnet-pytorch pretrainedmodels
+            scikit-image lazy_loader scikit-learn scipy joblib threadpoolctl cloudpickle
+            narwhals pyarrow`` (the official subprocess gets ``--smp-path``, default
+            /tmp/smp040, and ``--official-src`` on its PYTHONPATH).
+
+Usage:
+  python bench/train_parity.py [--official-src /tmp/official/src] [--presets LPIS-F]
+      [--seeds 1 2 3] [--epochs 40] [--workdir /tmp/train_parity] [--fresh]
+Without --official-src only flairkit runs. The official ``src`` folder comes from an
+IGNF/FLAIR-HUB checkout (e.g. ``git -C <bare repo> archive HEAD src configs | tar -x -C
+/tmp/official``). Each finished run saves its row as ``<workdir>/runs/<preset>_<tool>_s<seed>_
+e<epochs>.json`` and a later call reuses it (``--fresh`` reruns); the logs sit beside it.
+
+Measured (2-core CPU, 2026-12-04): see the table at the end of this docstring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+LPIS_TASK = "ALL_LABEL-LPIS"
+LPIS_CLASSES = 23
+IGNORED = (21, 22)
+TRAIN_DOMAIN, TEST_DOMAIN = "D006-2020", "D012-2019"
+
+#: The recipe shared by both tools (the issue's).
+RECIPE: dict[str, Any] = {
+    "batch_size": 8,
+    "lr": 5e-3,
+    "weight_decay": 0.01,
+    "warmup_fraction": 0.1,
+    "div_factor": 1000.0,
+}
+
+
+# -- data ------------------------------------------------------------------------------------
+def make_data(workdir: Path) -> Path:
+    """Synthesise the dataset once and write the three official CSV lists; returns their folder."""
+    root = workdir / "data"
+    lists = workdir / "lists"
+    if not (root / "GLOBAL_ALL_MTD").is_dir():
+        cmd = [
+            *[sys.executable, "-m", "flairkit.cli", "synth", str(root)],
+            *["--seed", "0", "--domains", TRAIN_DOMAIN, TEST_DOMAIN],
+            *["--rois", "5", "--patches-per-roi", "2", "4"],
+        ]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    rows: list[dict[str, str]] = []
+    for path in sorted((root / "csv").glob("*.csv")):
+        with path.open(newline="") as f:
+            for row in csv.DictReader(f):
+                row = {
+                    k: (str((path.parent / v).resolve()) if k != "patch_id" and v else v)
+                    for k, v in row.items()
+                }
+                rows.append(row)
+    rows.sort(key=lambda r: r["patch_id"])
+
+    def roi(r: dict[str, str]) -> str:
+        return r["patch_id"].rsplit("_", 1)[0]
+
+    train_rois = sorted({roi(r) for r in rows if r["patch_id"].startswith(TRAIN_DOMAIN)})
+    test_rois = sorted({roi(r) for r in rows if r["patch_id"].startswith(TEST_DOMAIN)})
+    splits = {
+        "TRAIN": [r for r in rows if roi(r) in train_rois[:4]],
+        "VALID": [r for r in rows if roi(r) == train_rois[4]],
+        "TEST": [r for r in rows if roi(r) == test_rois[0]],
+    }
+    assert [len(v) for v in splits.values()] == [32, 8, 8], [len(v) for v in splits.values()]
+    lists.mkdir(parents=True, exist_ok=True)
+    for name, part in splits.items():
+        with (lists / f"PARITY_{name}.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(part[0]))
+            writer.writeheader()
+            writer.writerows(part)
+    return lists
+
+
+def score(matrix: Any) -> dict[str, float]:
+    """The benchmark's mIoU and OA (x100) of a confusion matrix, classes 21 and 22 left out."""
+    from flairkit.metrics import scores
+
+    s = scores(matrix, IGNORED)
+    return {"miou": round(s["miou"], 2), "oa": round(s["oa"], 2)}
+
+
+def curve_points(losses: list[float]) -> dict[str, float | None]:
+    """First, middle and last epoch's mean train loss."""
+    if not losses:
+        return {"first": None, "middle": None, "last": None}
+    return {
+        "first": round(losses[0], 4),
+        "middle": round(losses[len(losses) // 2], 4),
+        "last": round(losses[-1], 4),
+    }
+
+
+# -- flairkit --------------------------------------------------------------------------------
+def run_flairkit(preset: str, seed: int, epochs: int, lists: Path, out: Path) -> dict:
+    """Train and score one flairkit run in this process."""
+    import lightning as L
+    import torch
+
+    from flairkit.config import load_run_config
+    from flairkit.training.run import evaluate, fit
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+    class EpochLoss(L.Callback):
+        """Mean of the batch losses per training epoch (what the official code logs)."""
+
+        def __init__(self) -> None:
+            self.sums: list[float] = []
+            self.counts: list[int] = []
+
+        def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
+            self.sums.append(0.0)
+            self.counts.append(0)
+
+        def on_train_batch_end(
+            self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int
+        ) -> None:
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            self.sums[-1] += float(loss)
+            self.counts[-1] += 1
+
+    b = RECIPE
+    overrides = [
+        f"data.root={lists}",
+        "data.split=csv",
+        f"data.batch_size={b['batch_size']}",
+        "data.num_workers=0",
+        "data.augment=false",
+        f"train.max_epochs={epochs}",
+        f"train.early_stopping_patience={epochs}",
+        f"train.seed={seed}",
+        "train.accelerator=cpu",
+        "train.devices=1",
+        f"train.output_dir={out}",
+        "optim.optimizer=adamw",
+        f"optim.lr={b['lr']}",
+        f"optim.weight_decay={b['weight_decay']}",
+        "optim.scheduler=one_cycle",
+        f"optim.warmup_fraction={b['warmup_fraction']}",
+        f"optim.div_factor={b['div_factor']}",
+    ]
+    cfg = load_run_config(REPO / "configs" / f"{preset}.yaml", overrides)
+    curve = EpochLoss()
+    start = time.perf_counter()
+    result = fit(cfg, resume=False, callbacks=[curve])
+    fit_s = time.perf_counter() - start
+    losses = [s / c for s, c in zip(curve.sums, curve.counts, strict=True) if c]
+    row: dict[str, Any] = {"fit_s": round(fit_s, 1), "loss": curve_points(losses)}
+    row["best_epoch"] = _best_epoch(result.best_checkpoint)
+    for split in ("val", "test"):
+        res = evaluate(cfg, result.model_path, split)
+        s = res[LPIS_TASK]["scores"]
+        row[split] = {"miou": round(s["miou"], 2), "oa": round(s["oa"], 2)}
+    return row
+
+
+def _best_epoch(path: Path) -> int | None:
+    """The epoch in the name of flairkit's best checkpoint (``best-epoch=NNN.ckpt``)."""
+    match = re.search(r"epoch=(\d+)", path.name)
+    return int(match.group(1)) if match else None
+
+
+# -- official --------------------------------------------------------------------------------
+def official_config(src: Path, seed: int, epochs: int, lists: Path, out: Path) -> dict:
+    """The repository's training configs with the recipe's keys set (nothing else changed)."""
+    import yaml
+
+    config: dict[str, Any] = {}
+    for part in ("modalities", "models", "supervision", "task"):
+        with open(src.parent / "configs" / "train" / f"config_{part}.yaml") as f:
+            config.update(yaml.safe_load(f))
+    mods = config["modalities"]
+    for key in mods["inputs"]:
+        mods["inputs"][key] = key == "SENTINEL2_TS"
+    for key in mods["aux_loss"]:
+        mods["aux_loss"][key] = False
+    for key in mods["modality_dropout"]:
+        mods["modality_dropout"][key] = 0
+    mods["pre_processings"]["use_augmentation"] = False
+    config["labels"] = [LPIS_TASK]
+    lpis = config["labels_configs"][LPIS_TASK]
+    lpis["value_weights"]["default_exceptions"] = {c: 0 for c in IGNORED}
+    config["paths"].update(
+        out_folder=str(out.parent),
+        out_model_name=out.name,
+        train_csv=str(lists / "PARITY_TRAIN.csv"),
+        val_csv=str(lists / "PARITY_VALID.csv"),
+        test_csv=str(lists / "PARITY_TEST.csv"),
+        global_mtd_folder=str(lists.parent / "data" / "GLOBAL_ALL_MTD") + "/",
+    )
+    config["tasks"].update(train=True, predict=True, write_files=False, metrics_only=False)
+    b = RECIPE
+    config["hyperparams"].update(
+        num_epochs=epochs,
+        batch_size=b["batch_size"],
+        seed=seed,
+        learning_rate=b["lr"],
+        optimizer="adamw",
+        optim_weight_decay=b["weight_decay"],
+        optim_betas=[0.9, 0.999],
+        scheduler="one_cycle_lr",
+        warmup_fraction=b["warmup_fraction"],
+    )
+    config["hardware"].update(accelerator="cpu", gpus_per_node=1, num_nodes=1, num_workers=0)
+    config["saving"].update(
+        ckpt_earlystopping_patience=epochs,
+        cp_csv_and_conf_to_output=False,
+        progress_rate=1000,  # its bar is always added; False for it is refused by Lightning
+        ckpt_verbose=False,
+    )
+    return config
+
+
+def run_official(seed: int, epochs: int, lists: Path, out: Path, src: Path) -> dict:
+    """Train with the official functions, predict val and test with its model, score here."""
+    import numpy as np
+    import rasterio
+
+    # The official code and smp 0.4.0 live outside the venv (PYTHONPATH of this subprocess
+    # only), so mypy cannot see them: hence the import-not-found ignores.
+    import segmentation_models_pytorch as smp  # type: ignore[import-not-found]
+    import torch
+
+    sys.path.insert(0, str(src))
+    from flair_hub.data.utils_data.paths import get_datasets  # type: ignore[import-not-found]
+    from flair_hub.tasks.module_setup import (  # type: ignore[import-not-found]
+        build_data_module,
+        build_segmentation_module,
+        get_input_img_sizes,
+    )
+    from flair_hub.tasks.stages import training_stage  # type: ignore[import-not-found]
+
+    from flairkit.metrics import confusion_matrix
+
+    create = smp.create_model
+
+    def no_download(*args: Any, **kwargs: Any) -> Any:  # random init, as flairkit's
+        kwargs["encoder_weights"] = None
+        return create(*args, **kwargs)
+
+    smp.create_model = no_download
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    config = official_config(src, seed, epochs, lists, out)
+    out.mkdir(parents=True, exist_ok=True)
+    dict_train, dict_val, dict_test = get_datasets(config)
+    dm = build_data_module(config, dict_train=dict_train, dict_val=dict_val, dict_test=dict_test)
+    start = time.perf_counter()
+    state = training_stage(config, dm, out)
+    fit_s = time.perf_counter() - start
+    row: dict[str, Any] = {"fit_s": round(fit_s, 1)}
+    row["loss"], row["best_epoch"] = _official_curve(out)
+    for split, paths in (("val", dict_val), ("test", dict_test)):
+        split_dm = build_data_module(config, dict_train=None, dict_val=None, dict_test=paths)
+        sizes = get_input_img_sizes(config, split_dm, stage="predict")
+        module = build_segmentation_module(config, sizes, stage="predict")
+        # strict=False as its predict_stage (the training module's loss weights are extra);
+        # a missing model weight would make the scores meaningless: refuse it.
+        missing = module.load_state_dict(state, strict=False).missing_keys
+        if missing:
+            raise RuntimeError(f"best state lacks {len(missing)} model weights: {missing[:3]}")
+        module.eval()
+        matrix = torch.zeros(LPIS_CLASSES, LPIS_CLASSES, dtype=torch.long)
+        label_paths = paths[LPIS_TASK]
+        with torch.no_grad():
+            for i, batch in enumerate(split_dm.predict_dataloader()):
+                pred = module.predict_step(batch, i)[f"preds_{LPIS_TASK}"][0]
+                with rasterio.open(label_paths[i]) as f:
+                    target = torch.from_numpy(f.read(1).astype(np.int64))
+                matrix += confusion_matrix(target, pred.long(), LPIS_CLASSES)
+        row[split] = score(matrix)
+    return row
+
+
+def _official_curve(out: Path) -> tuple[dict, int | None]:
+    """Per-epoch train loss from the official TensorBoard log; epoch of the best val_miou."""
+    # tensorboard ships no type information (no py.typed, no stubs)
+    from tensorboard.backend.event_processing.event_accumulator import (  # type: ignore[import-untyped]
+        EventAccumulator,
+    )
+
+    events = sorted(out.glob("tensorboard_logs_*/version_*"))
+    if not events:
+        return curve_points([]), None
+    acc = EventAccumulator(str(events[-1]))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    losses = [e.value for e in acc.Scalars("train_loss")] if "train_loss" in tags else []
+    best = None
+    if "val_miou" in tags:
+        vals = [e.value for e in acc.Scalars("val_miou")][: len(losses) or None]
+        best = int(max(range(len(vals)), key=lambda k: vals[k])) if vals else None
+    return curve_points(losses), best
+
+
+# -- driver ----------------------------------------------------------------------------------
+def run_isolated(tool: str, preset: str, seed: int, args: argparse.Namespace, lists: Path) -> dict:
+    """One run in a fresh subprocess; its last stdout line is the row."""
+    out = Path(args.workdir) / "runs" / f"{preset}_{tool}_s{seed}_e{args.epochs}"
+    cmd = [
+        *[sys.executable, __file__, "--one", tool, "--presets", preset],
+        *["--seeds", str(seed), "--epochs", str(args.epochs), "--workdir", args.workdir],
+        *["--out", str(out)],
+    ]
+    saved = out.parent / f"{out.name}.json"
+    if saved.is_file() and not args.fresh:  # a finished run of the same recipe: reuse its row
+        return dict(json.loads(saved.read_text()))
+    env = dict(os.environ)
+    if tool == "official":
+        cmd += ["--official-src", args.official_src]
+        extra = [p for p in (args.smp_path,) if p and Path(p).is_dir()]
+        env["PYTHONPATH"] = os.pathsep.join(
+            [*extra, args.official_src, *filter(None, [env.get("PYTHONPATH")])]
+        )
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    log = Path(args.workdir) / "runs" / f"{out.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode or not lines:
+        return {"error": f"exit {proc.returncode}, see {log}: {proc.stderr.strip()[-300:]}"}
+    saved.write_text(lines[-1])
+    return dict(json.loads(lines[-1]))
+
+
+def mean_std(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"mean": None, "std": None}
+    m = sum(values) / len(values)
+    var = sum((v - m) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return {"mean": round(m, 3), "std": round(math.sqrt(var), 3)}
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Per preset: means over seeds per tool, and flairkit / official (per-seed ratios)."""
+    out: dict[str, Any] = {}
+    for preset in sorted({r["preset"] for r in rows}):
+        mine = [r for r in rows if r["preset"] == preset and "error" not in r]
+        entry: dict[str, Any] = {}
+        for tool in ("flairkit", "official"):
+            for split in ("val", "test"):
+                for key in ("miou", "oa"):
+                    vals = [r[split][key] for r in mine if r["tool"] == tool]
+                    if vals:
+                        entry[f"{tool}_{split}_{key}"] = mean_std(vals)
+        for key in ("miou", "oa"):
+            ratios = []
+            for r in mine:
+                if r["tool"] != "flairkit":
+                    continue
+                ref = [o for o in mine if o["tool"] == "official" and o["seed"] == r["seed"]]
+                if ref and ref[0]["test"][key] > 0:
+                    ratios.append(r["test"][key] / ref[0]["test"][key])
+            if ratios:
+                entry[f"ratio_test_{key}_per_seed"] = mean_std(ratios)
+            f = entry.get(f"flairkit_test_{key}", {}).get("mean")
+            o = entry.get(f"official_test_{key}", {}).get("mean")
+            if f is not None and o:
+                entry[f"ratio_test_{key}_of_means"] = round(f / o, 3)
+        out[preset] = entry
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--official-src", help="IGNF/FLAIR-HUB src folder: also train it")
+    parser.add_argument("--smp-path", default="/tmp/smp040", help="smp 0.4.0 --target folder")
+    parser.add_argument("--presets", nargs="+", default=["LPIS-F"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--workdir", default="/tmp/train_parity")
+    parser.add_argument(
+        "--fresh", action="store_true", help="rerun runs whose row is saved in --workdir/runs"
+    )
+    parser.add_argument("--one", choices=["flairkit", "official"], help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    for preset in args.presets:
+        if preset != "LPIS-F":
+            parser.error(f"--presets: only LPIS-F is set up so far, got {preset}")
+    workdir = Path(args.workdir)
+    if args.one:
+        lists = workdir / "lists"
+        out = Path(args.out)
+        if args.one == "flairkit":
+            row = run_flairkit(args.presets[0], args.seeds[0], args.epochs, lists, out)
+        else:
+            row = run_official(args.seeds[0], args.epochs, lists, out, Path(args.official_src))
+        print(json.dumps(row))
+        return
+    lists = make_data(workdir)
+    tools = ["flairkit"] + (["official"] if args.official_src else [])
+    rows = []
+    for preset in args.presets:
+        for seed in args.seeds:
+            for tool in tools:
+                row = {"preset": preset, "seed": seed, "tool": tool}
+                row.update(run_isolated(tool, preset, seed, args, lists))
+                print(json.dumps(row), file=sys.stderr, flush=True)
+                rows.append(row)
+    recipe = {**RECIPE, "epochs": args.epochs, "ignored": list(IGNORED)}
+    print(json.dumps({"recipe": recipe, "rows": rows, "summary": summarise(rows)}))
+
+
+if __name__ == "__main__":
+    main()
