@@ -262,8 +262,11 @@ def _best_epoch(path: Path) -> int | None:
 
 
 # -- official --------------------------------------------------------------------------------
-def official_config(src: Path, seed: int, epochs: int, lists: Path, out: Path) -> dict:
-    """The repository's training configs with the recipe's keys set (nothing else changed)."""
+def official_config(
+    src: Path, seed: int, epochs: int, lists: Path, out: Path, monitor: str | None = None
+) -> dict:
+    """The repository's training configs with the recipe's keys set (nothing else changed);
+    ``monitor`` ``val_loss`` makes its checkpoint criterion the validation loss (A/B run)."""
     import yaml
 
     config: dict[str, Any] = {}
@@ -309,10 +312,14 @@ def official_config(src: Path, seed: int, epochs: int, lists: Path, out: Path) -
         progress_rate=1000,  # its bar is always added; False for it is refused by Lightning
         ckpt_verbose=False,
     )
+    if monitor == "val_loss":
+        config["saving"].update(ckpt_monitor="val_loss", ckpt_monitor_mode="min")
     return config
 
 
-def run_official(seed: int, epochs: int, lists: Path, out: Path, src: Path) -> dict:
+def run_official(
+    seed: int, epochs: int, lists: Path, out: Path, src: Path, monitor: str | None = None
+) -> dict:
     """Train with the official functions, predict val and test with its model, score here."""
     import numpy as np
     import rasterio
@@ -341,7 +348,7 @@ def run_official(seed: int, epochs: int, lists: Path, out: Path, src: Path) -> d
 
     smp.create_model = no_download
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    config = official_config(src, seed, epochs, lists, out)
+    config = official_config(src, seed, epochs, lists, out, monitor)
     out.mkdir(parents=True, exist_ok=True)
     dict_train, dict_val, dict_test = get_datasets(config)
     dm = build_data_module(config, dict_train=dict_train, dict_val=dict_val, dict_test=dict_test)
@@ -396,7 +403,10 @@ def _official_curve(out: Path) -> tuple[dict, int | None]:
 # -- driver ----------------------------------------------------------------------------------
 def run_isolated(tool: str, preset: str, seed: int, args: argparse.Namespace, lists: Path) -> dict:
     """One run in a fresh subprocess; its last stdout line is the row."""
-    out = Path(args.workdir) / "runs" / f"{preset}_{tool}_s{seed}_e{args.epochs}"
+    name = f"{preset}_{tool}_s{seed}_e{args.epochs}"
+    if tool == "official" and args.official_monitor:
+        name += f"_m{args.official_monitor}"
+    out = Path(args.workdir) / "runs" / name
     cmd = [
         *[sys.executable, __file__, "--one", tool, "--presets", preset],
         *["--seeds", str(seed), "--epochs", str(args.epochs), "--workdir", args.workdir],
@@ -408,6 +418,8 @@ def run_isolated(tool: str, preset: str, seed: int, args: argparse.Namespace, li
     env = dict(os.environ)
     if tool == "official":
         cmd += ["--official-src", args.official_src]
+        if args.official_monitor:
+            cmd += ["--official-monitor", args.official_monitor]
         extra = [p for p in (args.smp_path,) if p and Path(p).is_dir()]
         env["PYTHONPATH"] = os.pathsep.join(
             [*extra, args.official_src, *filter(None, [env.get("PYTHONPATH")])]
@@ -464,6 +476,11 @@ def summarise(rows: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--official-src", help="IGNF/FLAIR-HUB src folder: also train it")
+    parser.add_argument(
+        "--official-monitor",
+        choices=["val_loss"],
+        help="A/B: the official checkpoint criterion becomes the validation loss",
+    )
     parser.add_argument("--smp-path", default="/tmp/smp040", help="smp 0.4.0 --target folder")
     parser.add_argument("--presets", nargs="+", default=["LPIS-F"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
@@ -485,7 +502,10 @@ def main() -> None:
         if args.one == "flairkit":
             row = run_flairkit(args.presets[0], args.seeds[0], args.epochs, lists, out)
         else:
-            row = run_official(args.seeds[0], args.epochs, lists, out, Path(args.official_src))
+            row = run_official(
+                args.seeds[0], args.epochs, lists, out, Path(args.official_src),
+                args.official_monitor,
+            )  # fmt: skip
         print(json.dumps(row))
         return
     lists = make_data(workdir)
