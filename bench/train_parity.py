@@ -113,15 +113,60 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 LPIS_TASK = "ALL_LABEL-LPIS"
-LPIS_CLASSES = 23
-IGNORED = (21, 22)
+COSIA_TASK = "AERIAL_LABEL-COSIA"
 TRAIN_DOMAIN, TEST_DOMAIN = "D006-2020", "D012-2019"
+
+
+@dataclass(frozen=True)
+class Parity:
+    """One benchmarked set-up: flairkit config + overrides, and the official keys to match.
+
+    Attributes:
+        config: flairkit preset config under ``configs/``.
+        task, classes, ignored: the label set, its class count and the classes left out of the
+            loss (weight 0) and of the scores (the benchmark's).
+        inputs: the official ``modalities.inputs`` switched on (everything else off).
+        aerial_px: aerial side of the synthetic patches (512 real; smaller keeps CPU runs short).
+        arch: the image encoder-decoder (both tools' ``arch`` string), None without an image.
+        aux: inputs with an auxiliary head (both tools build them; only flairkit applies the
+            loss, the official code computes it as 0).
+    """
+
+    config: str
+    task: str
+    classes: int
+    ignored: tuple[int, ...]
+    inputs: tuple[str, ...]
+    aerial_px: int = 512
+    arch: str | None = None
+    aux: tuple[str, ...] = ()
+
+
+PARITIES: dict[str, Parity] = {
+    "LPIS-F": Parity("LPIS-F", LPIS_TASK, 23, (21, 22), ("SENTINEL2_TS",)),
+    # aerial only, small backbone: LC-A with a ResNet-18 U-Net, 128-px patches (25.6 m)
+    "LC-A-r18": Parity(
+        "LC-A", COSIA_TASK, 19, (15, 16, 17, 18), ("AERIAL_RGBI",), 128, "resnet18-unet"
+    ),
+    # aerial + Sentinel-2 with fusion: LC-D with a ResNet-18 U-Net; S2 is 2 px at 128 px
+    "LC-D-r18": Parity(
+        "LC-D",
+        COSIA_TASK,
+        19,
+        (15, 16, 17, 18),
+        ("AERIAL_RGBI", "SENTINEL2_TS"),
+        128,
+        "resnet18-unet",
+        ("AERIAL_RGBI", "SENTINEL2_TS"),
+    ),  # fmt: skip
+}
 
 #: The recipe shared by both tools (the issue's).
 RECIPE: dict[str, Any] = {
@@ -134,14 +179,20 @@ RECIPE: dict[str, Any] = {
 
 
 # -- data ------------------------------------------------------------------------------------
-def make_data(workdir: Path) -> Path:
+def data_dirs(workdir: Path, aerial_px: int) -> tuple[Path, Path]:
+    """The dataset root and the CSV-list folder for patches of ``aerial_px``."""
+    tag = "" if aerial_px == 512 else str(aerial_px)
+    return workdir / f"data{tag}", workdir / f"lists{tag}"
+
+
+def make_data(workdir: Path, aerial_px: int = 512) -> Path:
     """Synthesise the dataset once and write the three official CSV lists; returns their folder."""
-    root = workdir / "data"
-    lists = workdir / "lists"
+    root, lists = data_dirs(workdir, aerial_px)
     if not (root / "GLOBAL_ALL_MTD").is_dir():
         cmd = [
             *[sys.executable, "-m", "flairkit.cli", "synth", str(root)],
             *["--seed", "0", "--domains", TRAIN_DOMAIN, TEST_DOMAIN],
+            *["--aerial-px", str(aerial_px)],
             *["--rois", "5", "--patches-per-roi", "2", "4"],
         ]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -176,11 +227,11 @@ def make_data(workdir: Path) -> Path:
     return lists
 
 
-def score(matrix: Any) -> dict[str, float]:
-    """The benchmark's mIoU and OA (x100) of a confusion matrix, classes 21 and 22 left out."""
+def score(matrix: Any, ignored: tuple[int, ...]) -> dict[str, float]:
+    """The benchmark's mIoU and OA (x100) of a confusion matrix, ``ignored`` classes left out."""
     from flairkit.metrics import scores
 
-    s = scores(matrix, IGNORED)
+    s = scores(matrix, ignored)
     return {"miou": round(s["miou"], 2), "oa": round(s["oa"], 2)}
 
 
@@ -196,12 +247,16 @@ def curve_points(losses: list[float]) -> dict[str, float | None]:
 
 
 # -- flairkit --------------------------------------------------------------------------------
-def run_flairkit(preset: str, seed: int, epochs: int, lists: Path, out: Path) -> dict:
-    """Train and score one flairkit run in this process."""
+def run_flairkit(
+    parity: Parity, seed: int, epochs: int, lists: Path, out: Path, extra: list[str] | None = None
+) -> dict:
+    """Train and score one flairkit run in this process (``extra``: dotted overrides, A/B)."""
     import lightning as L
     import torch
 
     from flairkit.config import load_run_config
+    from flairkit.modalities import Modality
+    from flairkit.synth import synthetic_px_by_modality
     from flairkit.training.run import evaluate, fit
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -244,7 +299,12 @@ def run_flairkit(preset: str, seed: int, epochs: int, lists: Path, out: Path) ->
         f"optim.warmup_fraction={b['warmup_fraction']}",
         f"optim.div_factor={b['div_factor']}",
     ]
-    cfg = load_run_config(REPO / "configs" / f"{preset}.yaml", overrides)
+    if parity.arch:
+        overrides.append(f"model.arch={parity.arch}")
+    px = synthetic_px_by_modality(parity.aerial_px)
+    overrides += [f"model.img_sizes.{m}={px[Modality(m)]}" for m in parity.inputs]
+    overrides += extra or []
+    cfg = load_run_config(REPO / "configs" / f"{parity.config}.yaml", overrides)
     curve = EpochLoss()
     start = time.perf_counter()
     result = fit(cfg, resume=False, callbacks=[curve])
@@ -254,7 +314,7 @@ def run_flairkit(preset: str, seed: int, epochs: int, lists: Path, out: Path) ->
     row["best_epoch"] = _best_epoch(result.best_checkpoint)
     for split in ("val", "test"):
         res = evaluate(cfg, result.model_path, split)
-        s = res[LPIS_TASK]["scores"]
+        s = res[parity.task]["scores"]
         row[split] = {"miou": round(s["miou"], 2), "oa": round(s["oa"], 2)}
     return row
 
@@ -267,7 +327,13 @@ def _best_epoch(path: Path) -> int | None:
 
 # -- official --------------------------------------------------------------------------------
 def official_config(
-    src: Path, seed: int, epochs: int, lists: Path, out: Path, monitor: str | None = None
+    parity: Parity,
+    src: Path,
+    seed: int,
+    epochs: int,
+    lists: Path,
+    out: Path,
+    monitor: str | None = None,
 ) -> dict:
     """The repository's training configs with the recipe's keys set (nothing else changed);
     ``monitor`` ``val_loss`` makes its checkpoint criterion the validation loss (A/B run)."""
@@ -279,22 +345,25 @@ def official_config(
             config.update(yaml.safe_load(f))
     mods = config["modalities"]
     for key in mods["inputs"]:
-        mods["inputs"][key] = key == "SENTINEL2_TS"
+        mods["inputs"][key] = key in parity.inputs
     for key in mods["aux_loss"]:
-        mods["aux_loss"][key] = False
+        mods["aux_loss"][key] = key in parity.aux
     for key in mods["modality_dropout"]:
         mods["modality_dropout"][key] = 0
     mods["pre_processings"]["use_augmentation"] = False
-    config["labels"] = [LPIS_TASK]
-    lpis = config["labels_configs"][LPIS_TASK]
-    lpis["value_weights"]["default_exceptions"] = {c: 0 for c in IGNORED}
+    if parity.arch:
+        config["models"]["monotemp_model"]["arch"] = parity.arch
+    config["labels"] = [parity.task]
+    labels = config["labels_configs"][parity.task]
+    labels["value_weights"]["default_exceptions"] = {c: 0 for c in parity.ignored}
     config["paths"].update(
         out_folder=str(out.parent),
         out_model_name=out.name,
         train_csv=str(lists / "PARITY_TRAIN.csv"),
         val_csv=str(lists / "PARITY_VALID.csv"),
         test_csv=str(lists / "PARITY_TEST.csv"),
-        global_mtd_folder=str(lists.parent / "data" / "GLOBAL_ALL_MTD") + "/",
+        global_mtd_folder=str(data_dirs(lists.parent, parity.aerial_px)[0] / "GLOBAL_ALL_MTD")
+        + "/",
     )
     config["tasks"].update(train=True, predict=True, write_files=False, metrics_only=False)
     b = RECIPE
@@ -322,7 +391,13 @@ def official_config(
 
 
 def run_official(
-    seed: int, epochs: int, lists: Path, out: Path, src: Path, monitor: str | None = None
+    parity: Parity,
+    seed: int,
+    epochs: int,
+    lists: Path,
+    out: Path,
+    src: Path,
+    monitor: str | None = None,
 ) -> dict:
     """Train with the official functions, predict val and test with its model, score here."""
     import numpy as np
@@ -352,7 +427,7 @@ def run_official(
 
     smp.create_model = no_download
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    config = official_config(src, seed, epochs, lists, out, monitor)
+    config = official_config(parity, src, seed, epochs, lists, out, monitor)
     out.mkdir(parents=True, exist_ok=True)
     dict_train, dict_val, dict_test = get_datasets(config)
     dm = build_data_module(config, dict_train=dict_train, dict_val=dict_val, dict_test=dict_test)
@@ -371,15 +446,15 @@ def run_official(
         if missing:
             raise RuntimeError(f"best state lacks {len(missing)} model weights: {missing[:3]}")
         module.eval()
-        matrix = torch.zeros(LPIS_CLASSES, LPIS_CLASSES, dtype=torch.long)
-        label_paths = paths[LPIS_TASK]
+        matrix = torch.zeros(parity.classes, parity.classes, dtype=torch.long)
+        label_paths = paths[parity.task]
         with torch.no_grad():
             for i, batch in enumerate(split_dm.predict_dataloader()):
-                pred = module.predict_step(batch, i)[f"preds_{LPIS_TASK}"][0]
+                pred = module.predict_step(batch, i)[f"preds_{parity.task}"][0]
                 with rasterio.open(label_paths[i]) as f:
                     target = torch.from_numpy(f.read(1).astype(np.int64))
-                matrix += confusion_matrix(target, pred.long(), LPIS_CLASSES)
-        row[split] = score(matrix)
+                matrix += confusion_matrix(target, pred.long(), parity.classes)
+        row[split] = score(matrix, parity.ignored)
     return row
 
 
@@ -410,6 +485,8 @@ def run_isolated(tool: str, preset: str, seed: int, args: argparse.Namespace, li
     name = f"{preset}_{tool}_s{seed}_e{args.epochs}"
     if tool == "official" and args.official_monitor:
         name += f"_m{args.official_monitor}"
+    if tool == "flairkit" and args.flairkit_set:
+        name += "_" + "_".join(re.sub(r"[^A-Za-z0-9.=-]", "", kv) for kv in args.flairkit_set)
     out = Path(args.workdir) / "runs" / name
     cmd = [
         *[sys.executable, __file__, "--one", tool, "--presets", preset],
@@ -420,6 +497,8 @@ def run_isolated(tool: str, preset: str, seed: int, args: argparse.Namespace, li
     if saved.is_file() and not args.fresh:  # a finished run of the same recipe: reuse its row
         return dict(json.loads(saved.read_text()))
     env = dict(os.environ)
+    for kv in args.flairkit_set if tool == "flairkit" else []:
+        cmd += ["--flairkit-set", kv]
     if tool == "official":
         cmd += ["--official-src", args.official_src]
         if args.official_monitor:
@@ -485,8 +564,15 @@ def main() -> None:
         choices=["val_loss"],
         help="A/B: the official checkpoint criterion becomes the validation loss",
     )
+    parser.add_argument(
+        "--flairkit-set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="A/B: dotted overrides for the flairkit runs only (e.g. model.aux=false)",
+    )
     parser.add_argument("--smp-path", default="/tmp/smp040", help="smp 0.4.0 --target folder")
-    parser.add_argument("--presets", nargs="+", default=["LPIS-F"])
+    parser.add_argument("--presets", nargs="+", default=["LPIS-F"], choices=sorted(PARITIES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--workdir", default="/tmp/train_parity")
@@ -496,33 +582,31 @@ def main() -> None:
     parser.add_argument("--one", choices=["flairkit", "official"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    for preset in args.presets:
-        if preset != "LPIS-F":
-            parser.error(f"--presets: only LPIS-F is set up so far, got {preset}")
     workdir = Path(args.workdir)
     if args.one:
-        lists = workdir / "lists"
+        parity = PARITIES[args.presets[0]]
+        lists = data_dirs(workdir, parity.aerial_px)[1]
         out = Path(args.out)
         if args.one == "flairkit":
-            row = run_flairkit(args.presets[0], args.seeds[0], args.epochs, lists, out)
+            row = run_flairkit(parity, args.seeds[0], args.epochs, lists, out, args.flairkit_set)
         else:
             row = run_official(
-                args.seeds[0], args.epochs, lists, out, Path(args.official_src),
+                parity, args.seeds[0], args.epochs, lists, out, Path(args.official_src),
                 args.official_monitor,
             )  # fmt: skip
         print(json.dumps(row))
         return
-    lists = make_data(workdir)
     tools = ["flairkit"] + (["official"] if args.official_src else [])
     rows = []
     for preset in args.presets:
+        lists = make_data(workdir, PARITIES[preset].aerial_px)
         for seed in args.seeds:
             for tool in tools:
                 row = {"preset": preset, "seed": seed, "tool": tool}
                 row.update(run_isolated(tool, preset, seed, args, lists))
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 rows.append(row)
-    recipe = {**RECIPE, "epochs": args.epochs, "ignored": list(IGNORED)}
+    recipe = {**RECIPE, "epochs": args.epochs, "flairkit_set": args.flairkit_set}
     print(json.dumps({"recipe": recipe, "rows": rows, "summary": summarise(rows)}))
 
 
