@@ -4,102 +4,108 @@ Prints one JSON line. For each preset, seed and tool it trains from scratch on t
 learnable set, keeps the best checkpoint by validation score, predicts the validation and the test
 split and scores both tools' predictions the same way: a confusion matrix of the predicted map
 against the label file's first band (values outside the class range dropped), scored by
-``flairkit.metrics.scores`` with LPIS classes 21 and 22 left out (the benchmark's formula). Rows
-also give the loss curve's key points (mean train loss of the first, middle and last epoch) and
-the epoch of the kept checkpoint; the summary gives flairkit / official (mean over seeds, with
-the standard deviation over seeds) for test mIoU and OA.
+``flairkit.metrics.scores`` with the classes of weight 0 left out (LPIS 21, 22; COSIA 15-18: the
+benchmark's formula). Rows also give the loss curve's key points (mean train loss of the first,
+middle and last epoch) and the epoch of the kept checkpoint; the summary gives per preset the
+means and standard deviations over seeds, flairkit / official for test mIoU and OA, and whether
+flairkit's mean is at least the official's within one (official) standard deviation.
 
-Data (``flairkit synth --seed 0``, real layout and sizes; crop types differ only in their
-Sentinel-2 phenology): domain-years D006-2020 and D012-2019, 5 ROIs of 2 x 4 patches each.
-Train: the 32 patches of the first four D006-2020 ROIs; val: the 8 of its fifth ROI; test: 8
-patches of D012-2019 (another department-year). The three lists are written as official CSV lists
-(absolute paths) that both tools read.
+Presets (``--presets``):
+  LPIS-F    U-TAE on Sentinel-2 alone, LPIS level 1; real patch sizes (S2 10 px).
+  LC-A-r18  aerial alone (NIR, R, G), COSIA, the small ResNet-18 U-Net (``arch:
+            resnet18-unet`` in both tools) instead of Swin-B; 128-px patches (25.6 m).
+  LC-D-r18  aerial + Sentinel-2 with the benchmark's fusion, COSIA, ResNet-18 U-Net + U-TAE;
+            128-px patches (S2 2 px). One auxiliary head per input, as the published LC-D.
+The 128-px data keeps a 40-epoch CPU run in minutes (a 512-px ResNet-18 step costs ~15 s here).
 
-Recipe (both tools): LPIS-F (U-TAE on Sentinel-2 alone, LPIS level 1), ``--epochs`` epochs (40),
-batch 8, AdamW lr 5e-3, weight decay 0.01, betas (0.9, 0.999), one-cycle per step with 10 %
-warm-up and lr / 1000 at the start, class weights 0 for LPIS 21 and 22, no augmentation, no
-auxiliary head, no early stopping (patience = epochs), fp32 on the CPU, the S2 cloud/snow date
-filter with the benchmark thresholds, raw (unnormalised) S2. Each run in a fresh subprocess.
+Data (``flairkit synth --seed 0``, real layout; COSIA visible in the aerial image, crop types
+only in their Sentinel-2 phenology): domain-years D006-2020 and D012-2019, 5 ROIs of 2 x 4
+patches each, at 512 px (``data/``) or 128 px (``data128/``). Train: the 32 patches of the first
+four D006-2020 ROIs; val: the 8 of its fifth ROI; test: 8 patches of D012-2019 (another
+department-year). The lists are written as official CSV lists (absolute paths) both tools read.
+
+Recipe (both tools): ``--epochs`` epochs (40), batch 8, AdamW lr 5e-3, weight decay 0.01, betas
+(0.9, 0.999), one-cycle per step with 10 % warm-up and lr / 1000 at the start, the weight-0
+classes above, no augmentation, no modality dropout, no early stopping (patience = epochs), fp32
+on the CPU, the S2 cloud/snow date filter with the benchmark thresholds, raw (unnormalised) S2,
+the aerial normalisation of the benchmark. Each run in a fresh subprocess.
 
 How each tool is run:
-  flairkit  ``flairkit.training.run.fit`` / ``evaluate`` on ``configs/LPIS-F.yaml`` with dotted
-            overrides (data.root = the CSV folder, data.split = csv); val and test scores are
-            its own confusion matrices scored by ``flairkit.metrics``.
+  flairkit  ``flairkit.training.run.fit`` / ``evaluate`` on ``configs/<preset>.yaml`` with
+            dotted overrides (data.root = the CSV folder, data.split = csv, arch, patch sizes);
+            val and test scores are its own confusion matrices scored by ``flairkit.metrics``.
   official  the functions ``flair_hub.main.main`` calls (``get_datasets``, ``build_data_module``,
             ``training_stage``) on a config assembled from the repository's
-            ``configs/train/*.yaml`` with only keys changed (inputs, labels, weights, paths,
-            hyperparameters, CPU); the best checkpoint is the one ``training_stage`` returns
-            (its own criterion: the weighted Jaccard index over all 23 classes); predictions
-            come from its ``SegmentationTask.predict_step`` over its own predict loader, once
-            with the val list, once with the test list. smp's ``create_model`` is wrapped so it
-            never downloads ImageNet weights (unused by LPIS-F). Nothing of the official code is
-            modified. Its imports need, outside the venv, segmentation-models-pytorch 0.4.0 and
-            what the official modules import that the venv lacks; on 2026-12-04 this sufficed:
-            ``.venv/bin/pip install --target /tmp/smp040 --no-deps
-            segmentation-models-pytorch==0.4.0 efficientnet-pytorch pretrainedmodels
-            scikit-image lazy_loader scikit-learn scipy joblib threadpoolctl cloudpickle
-            narwhals pyarrow`` (the official subprocess gets ``--smp-path``, default
+            ``configs/train/*.yaml`` with only keys changed (inputs, aux_loss, arch, labels,
+            weights, paths, hyperparameters, CPU); the best checkpoint is the one
+            ``training_stage`` returns (its own criterion: the support-weighted Jaccard index
+            over all classes); predictions come from its ``SegmentationTask.predict_step`` over
+            its own predict loader, once with the val list, once with the test list. smp's
+            ``create_model`` is wrapped so it never downloads ImageNet weights (random init, as
+            flairkit's). Nothing of the official code is modified. Its imports need, outside
+            the venv, segmentation-models-pytorch 0.4.0 and what the official modules import
+            that the venv lacks; on 2026-12-04 this sufficed: ``.venv/bin/pip install --target
+            /tmp/smp040 --no-deps segmentation-models-pytorch==0.4.0 efficientnet-pytorch
+            pretrainedmodels scikit-image lazy_loader scikit-learn scipy joblib threadpoolctl
+            cloudpickle narwhals pyarrow`` (the official subprocess gets ``--smp-path``, default
             /tmp/smp040, and ``--official-src`` on its PYTHONPATH).
 
+A/B switches (one difference at a time; each adds a suffix to the run's name):
+  --official-monitor val_loss   the official checkpoint criterion becomes the validation loss
+  --flairkit-set KEY=VALUE ...  dotted overrides of the flairkit runs (model.aux=false,
+                                train.winograd=false, ...)
+  --flairkit-variant reference-groupnorm
+                                the L-TAE input GroupNorm counts padded dates, as the reference
+  --modality-dropout P          both tools configured with modality dropout P on every input
+
 Usage:
-  python bench/train_parity.py [--official-src /tmp/official/src] [--presets LPIS-F]
-      [--seeds 1 2 3] [--epochs 40] [--workdir /tmp/train_parity] [--fresh]
+  python bench/train_parity.py [--official-src /tmp/official/src] [--presets LPIS-F LC-A-r18
+      LC-D-r18] [--seeds 1 2 3] [--epochs 40] [--workdir /tmp/train_parity] [--fresh] [A/B]
 Without --official-src only flairkit runs. The official ``src`` folder comes from an
 IGNF/FLAIR-HUB checkout (e.g. ``git -C <bare repo> archive HEAD src configs | tar -x -C
 /tmp/official``). Each finished run saves its row as ``<workdir>/runs/<preset>_<tool>_s<seed>_
-e<epochs>.json`` and a later call reuses it (``--fresh`` reruns); the logs sit beside it.
+e<epochs>[suffix].json`` and a later call reuses it (``--fresh`` reruns); the logs sit beside it.
 
-Measured on 2026-12-04 (2-core CPU shared with a test run; ~3-7 min per 10-epoch run), LPIS-F,
-**10 epochs** (40 steps; the 40-epoch recipe takes ~15-30 min per run and tool here, not run
-yet), seeds 1 2 3, val / test mIoU and OA by the same formula. For scale: only 6 of the 21
-scored classes occur (mIoU at most 28.6), and always predicting the most frequent one scores
-test mIoU 1.15 / OA 24.1 (val 1.10 / 23.0).
+Measured on 2026-12-04 (2-core CPU, often shared by two runs, so fit times are not comparable
+between rows; ``bench/train.py`` times steps), 40 epochs, seeds 1 2 3, test mIoU / OA by the
+same formula; ``summary`` of the JSON line:
 
-| seed | tool     | val mIoU / OA | test mIoU / OA | train loss first / mid / last | best epoch |
-|------|----------|---------------|----------------|-------------------------------|------------|
-| 1    | flairkit | 2.88 / 20.6   | 5.53 / 34.4    | 3.203 / 2.474 / 2.306         | 9          |
-| 1    | official | 5.37 / 33.2   | 4.12 / 25.6    | 3.234 / 2.591 / 2.431         | 9          |
-| 2    | flairkit | 2.64 / 24.4   | 2.36 / 20.7    | 3.165 / 2.370 / 2.127         | 5          |
-| 2    | official | 3.91 / 25.5   | 3.14 / 27.9    | 3.219 / 2.571 / 2.424         | 4          |
-| 3    | flairkit | 5.89 / 38.2   | 2.67 / 18.5    | 3.200 / 2.447 / 2.316         | 9          |
-| 3    | official | 4.52 / 26.7   | 2.83 / 24.2    | 3.209 / 2.533 / 2.383         | 9          |
-| mean (std) | flairkit | 3.80 (1.81) / 27.7 (9.3) | 3.52 (1.75) / 24.5 (8.6) | | |
-| mean (std) | official | 4.60 (0.73) / 28.5 (4.2) | 3.36 (0.67) / 25.9 (1.8) | | |
+| preset   | flairkit                          | official                          | f / o mIoU |
+|----------|-----------------------------------|-----------------------------------|------------|
+| LPIS-F   | 7.75 +- 3.80 / 46.7 +- 17.3       | 2.28 +- 2.22 / 16.7 +- 14.5       | 3.40       |
+| LC-A-r18 | 65.84 +- 2.55 / 97.90 +- 0.45     | 65.62 +- 1.17 / 97.80 +- 0.23     | 1.00       |
+| LC-D-r18 | 53.38 +- 5.10 / 93.57 +- 2.35     | 57.40 +- 4.92 / 94.70 +- 1.94     | 0.93  |
 
-flairkit / official on test: mIoU 1.05 (of the means; per seed 1.01 +- 0.30), OA 0.95 (per seed
-0.95 +- 0.34): level within the seed spread. flairkit's train loss falls faster in every seed
-(last epoch 2.13-2.32 vs 2.38-2.43), yet after 40 steps both are still near the constant
-guess on test: the 10-epoch runs check the harness, not the recipe's end point.
+Per seed (val mIoU / OA, test mIoU / OA, kept epoch):
 
-20 epochs, seed 1 (CPU otherwise idle): flairkit val 7.59 / 39.9, test 7.91 / 43.9, loss 3.204 /
-1.904 / 1.648, best epoch 14, fit 56 s; official val 6.47 / 38.7, test 4.68 / 30.5, loss 3.251 /
-2.075 / 1.727, best epoch 12, fit 212 s (its validation runs the model twice and the run ends with
-an extra validation pass).
+  LPIS-F    flairkit  6.95/39.7 10.13/59.8 30 · 7.79/47.8  9.76/53.1 21 · 5.24/33.1 3.37/27.1 17
+            official  4.50/32.8  4.43/25.5  5 · 0.00/ 0.0  0.00/ 0.0  0 · 6.40/40.2 2.41/24.6 12
+  LC-A-r18  flairkit  53.00/96.6 63.01/97.5 38 · 56.52/96.6 67.95/98.3 33 · 55.09/96.2 66.56/97.9 31
+            official  53.45/95.9 65.22/97.6 38 · 53.21/96.4 64.71/97.7 36 · 54.81/96.4 66.94/98.1 35
+  LC-D-r18  flairkit  50.39/95.5 59.24/96.3 33 · 41.76/91.6 49.92/91.9 39 · 42.82/92.4 50.99/92.6 39
+            official  44.25/93.3 53.01/93.4 35 · 45.01/92.7 56.48/93.8 37 · 50.74/95.7 62.72/96.9 33
 
-40 epochs (the full recipe), seed 1: flairkit val 6.95 / 39.7, test 10.13 / 59.8, loss 3.216 /
-1.479 / 1.146, best epoch 30, fit 110 s; official val 4.50 / 32.8, test 4.43 / 25.5, loss 3.264 /
-1.353 / 1.005, best epoch 5, fit 412 s. The official code keeps an early checkpoint although its
-loss keeps falling: it selects by torchmetrics' support-weighted Jaccard over all 23 classes,
-where the background class 22 (half the pixels, weight 0 in the loss) dominates; flairkit selects
-by the benchmark mIoU without 21 and 22.
+For scale on LPIS-F: only 6 of the 21 scored classes occur (mIoU at most 28.6), and always
+predicting the most frequent one scores test 1.15 / 24.1 (val 1.10 / 23.0). The official code
+keeps an early LPIS-F checkpoint although its loss keeps falling: it selects by torchmetrics'
+support-weighted Jaccard over all 23 classes, where the background class 22 (half the pixels,
+weight 0 in the loss) dominates; its seed-2 run keeps epoch 0, which predicts no scored class.
+flairkit selects by the benchmark mIoU without 21 and 22. Train losses at the last epoch are
+level (flairkit 1.15 / 0.99 / 1.01, official 1.00 / 1.04 / 1.12). A/B
+(``--official-monitor val_loss``), seed 2: the official code then scores val 7.01 / 41.6, test
+9.49 / 53.7, level with flairkit's 7.79 / 47.8, 9.76 / 53.1 (its "best epoch" column reads its
+val_miou curve, not the kept checkpoint).
 
-40 epochs, seeds 1-3 (2026-12-04, idle 2-core CPU; val / test as mIoU / OA; kept epoch):
-
-  seed  flairkit                          official
-  1     6.95 / 39.7   10.13 / 59.8   30   4.50 / 32.8   4.43 / 25.5   5
-  2     7.79 / 47.8    9.76 / 53.1   21   0.00 /  0.0   0.00 /  0.0   0
-  3     5.24 / 33.1    3.37 / 27.1   17   6.40 / 40.2   2.41 / 24.6   12
-  mean  test 7.75 +- 3.80 / 46.7 +- 17.3  test 2.28 +- 2.22 / 16.7 +- 14.5
-
-flairkit / official, test mIoU: 3.40 of the means (1.84 +- 0.63 per seed); OA 2.79 (1.72 +- 0.88).
-Fit time about 108 s against 410 s. The official seed-2 run keeps its epoch-0 checkpoint (its
-selection criterion again): that model predicts no scored class. Train losses at the last epoch
-are close (flairkit 1.15 / 0.99 / 1.01, official 1.00 / 1.04 / 1.12): the gap on this preset
-comes from which checkpoint is kept, not from how either tool learns.
-
-A/B (``--official-monitor val_loss``, its own ``saving.ckpt_monitor`` key), seed 2, 40 epochs:
-the official code then scores val 7.01 / 41.6, test 9.49 / 53.7, level with flairkit's 7.79 / 47.8,
-9.76 / 53.1 (its "best epoch" column reads its val_miou curve, not the kept checkpoint).
+A/B of flairkit's deliberate differences (flairkit runs only, test mIoU / OA):
+  --flairkit-variant reference-groupnorm, LPIS-F, seeds 1-3: 6.44/38.0, 8.77/48.5, 5.70/38.0,
+      mean 6.97 +- 1.60 / 41.5 +- 6.1, against 7.75 +- 3.80 / 46.7 +- 17.3 with flairkit's
+      masked statistics (kept).
+  --flairkit-set model.aux=false, LC-D-r18, seed 2 only (time): 63.49 / 96.9 without the
+      auxiliary loss against 49.92 / 91.9 with it (flairkit's default; the official code, whose
+      auxiliary loss is always 0, 56.48 / 93.8). Seeds 1 and 3 are still to run.
+Earlier rows (same data): LPIS-F at 10 epochs (40 steps) left both tools near the constant
+guess (flairkit test 3.52 +- 1.75 / 24.5 +- 8.6, official 3.36 +- 0.67 / 25.9 +- 1.8); at 20
+epochs, seed 1: flairkit 7.91 / 43.9, official 4.68 / 30.5.
 """
 
 from __future__ import annotations
