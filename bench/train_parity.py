@@ -100,9 +100,10 @@ A/B of flairkit's deliberate differences (flairkit runs only, test mIoU / OA):
   --flairkit-variant reference-groupnorm, LPIS-F, seeds 1-3: 6.44/38.0, 8.77/48.5, 5.70/38.0,
       mean 6.97 +- 1.60 / 41.5 +- 6.1, against 7.75 +- 3.80 / 46.7 +- 17.3 with flairkit's
       masked statistics (kept).
-  --flairkit-set model.aux=false, LC-D-r18, seed 2 only (time): 63.49 / 96.9 without the
-      auxiliary loss against 49.92 / 91.9 with it (flairkit's default; the official code, whose
-      auxiliary loss is always 0, 56.48 / 93.8). Seeds 1 and 3 are still to run.
+  --flairkit-set model.aux=false, LC-D-r18, seeds 1 and 2 (time): 55.36 / 95.0 and
+      63.49 / 96.9 without the auxiliary loss against 59.24 / 96.3 and 49.92 / 91.9 with it
+      (flairkit's default; the official code, whose auxiliary loss is always 0, 53.01 / 93.4 and
+      56.48 / 93.8). Mixed; seed 3 is still to run.
 Earlier rows (same data): LPIS-F at 10 epochs (40 steps) left both tools near the constant
 guess (flairkit test 3.52 +- 1.75 / 24.5 +- 8.6, official 3.36 +- 0.67 / 25.9 +- 1.8); at 20
 epochs, seed 1: flairkit 7.91 / 43.9, official 4.68 / 30.5.
