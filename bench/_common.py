@@ -34,14 +34,14 @@ def make_batch(cfg, batch: int, seed: int = 0):
     return Batch(inputs, dates, masks, labels, ids, [None] * batch, [None] * batch)
 
 
-def run_isolated(script: str, name: str, steps: int) -> dict:
+def run_isolated(script: str, name: str, steps: int, extra: list[str] | None = None) -> dict:
     """Run one configuration of a bench script in a fresh process, so its peak RSS is its own.
 
     Returns:
         The JSON row the child printed, or ``{"error": <last stderr line>}`` if it failed.
     """
     proc = subprocess.run(
-        [sys.executable, script, "--steps", str(steps), "--one", name],
+        [sys.executable, script, "--steps", str(steps), "--one", name, *(extra or [])],
         capture_output=True,
         text=True,
     )

@@ -227,7 +227,7 @@ def write_yaml(path: Path, zone: ZoneSummary, model: Path, out: Path, **output) 
         "inputs": zone_inputs(zone, with_s2=False),
         "output": {"path": str(out), "write_proba": True, **output},
         "tiling": {"tile_px": 128, "overlap_px": 32},
-        "runtime": {"batch_size": 1, "progress": False, "torch_threads": 1},
+        "runtime": {"device": "cpu", "batch_size": 1, "progress": False, "torch_threads": 1},
     }
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -588,7 +588,7 @@ def test_sigkill_at_any_point_resumes_to_the_same_bytes(
             "inputs": zone_inputs(synthetic_zone, with_s2=False),
             "output": {"path": str(out), "write_proba": True},
             "tiling": SECTIONS["tiling"],
-            "runtime": {"batch_size": 1, "progress": False, "torch_threads": 1,
+            "runtime": {"device": "cpu", "batch_size": 1, "progress": False, "torch_threads": 1,
                         "channels_last": False, "fold_batchnorm": False},
         }  # fmt: skip
         env = {**os.environ, "FLAIRKIT_TEST_KILL": point, "PYTHONWARNINGS": "ignore"}

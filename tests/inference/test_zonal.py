@@ -96,8 +96,10 @@ def zone_config(
         "inputs": zone_inputs(zone, with_s2),
         "output": {"path": str(out), "on_existing": "resume"},
         "tiling": {"tile_px": 256, "overlap_px": 64},
-        # Exact float path (as the per-patch path): no NHWC, no BatchNorm folding.
+        # Exact float path (as the per-patch path): the CPU even where a GPU is present (the GPU
+        # map has its own test), no NHWC, no BatchNorm folding.
         "runtime": {
+            "device": "cpu",
             "batch_size": 1,
             "progress": False,
             "channels_last": False,
