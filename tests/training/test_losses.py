@@ -318,7 +318,7 @@ def test_aux_head_gets_a_gradient_through_the_total() -> None:
     logits, labels, aux = multitask_inputs()
     aux_logits = aux[Modality.AERIAL_RGBI, Task.COSIA].clone().requires_grad_(True)
     aux[Modality.AERIAL_RGBI, Task.COSIA] = aux_logits
-    total, _ = make_loss()(logits, labels, aux)
+    total, _ = make_loss(aux_weight=1.5)(logits, labels, aux)
     total.backward()
     assert aux_logits.grad is not None and torch.any(aux_logits.grad != 0)
     # Weight-0 pixels (COSIA 15 at (0, 1), 18 at (1, 1)) get none.

@@ -103,20 +103,23 @@ class MultiModalSegmenter(nn.Module):
 
     def forward(self, batch: Batch, out_size: tuple[int, int] | None = None) -> dict[Task, Tensor]:
         """Logits per task ``(B, K, H, W)`` at ``out_size`` (default: the configured one)."""
-        return self.forward_all(batch, out_size).logits
+        return self.forward_all(batch, out_size, aux=False).logits
 
-    def forward_all(self, batch: Batch, out_size: tuple[int, int] | None = None) -> SegmenterOutput:
+    def forward_all(
+        self, batch: Batch, out_size: tuple[int, int] | None = None, aux: bool = True
+    ) -> SegmenterOutput:
         """Main and auxiliary logits.
 
         Args:
             batch: inputs per modality; dates and pad masks for time series.
             out_size: output (H, W); default the configured label grid.
+            aux: also run the auxiliary heads (``False``: ``aux`` of the output is empty).
         """
         height, width = out_size or self.out_size
         size = (int(height), int(width))
         features: dict[Modality, list[Tensor]] = {}
         series_logits: dict[Modality, Tensor] = {}
-        aux: dict[tuple[Modality, Task], Tensor] = {}
+        aux_logits: dict[tuple[Modality, Task], Tensor] = {}
         for key, encoder in self.encoders.items():
             m = Modality(key)
             features[m] = encoder(batch.inputs[m])
@@ -125,7 +128,7 @@ class MultiModalSegmenter(nn.Module):
             logits, maps = utae(batch.inputs[m], batch.dates[m], batch.pad_masks.get(m))
             series_logits[m] = _resize(logits, size)
             features[m] = maps
-        for m in features:
+        for m in features if aux else ():
             for task in self.tasks:
                 head = (
                     self.aux_heads[aux_key(m, task)] if aux_key(m, task) in self.aux_heads else None
@@ -133,7 +136,7 @@ class MultiModalSegmenter(nn.Module):
                 if head is None:
                     continue
                 source = series_logits[m] if m in series_logits else features[m]
-                aux[(m, task)] = _resize(head(source), size)
+                aux_logits[(m, task)] = _resize(head(source), size)
 
         if self.encoders:
             if self.training and self.modality_dropout > 0 and len(features) > 1:
@@ -152,7 +155,7 @@ class MultiModalSegmenter(nn.Module):
                 logits = {Task(k): head(fused) for k, head in self.heads.items()}
             else:
                 logits = {next(iter(self.tasks)): fused}
-        return SegmenterOutput(logits, aux)
+        return SegmenterOutput(logits, aux_logits)
 
     def _drop_modalities(
         self, features: dict[Modality, list[Tensor]]

@@ -68,7 +68,8 @@ class MultiTaskLoss(nn.Module):
         num_classes: classes per task.
         class_weights: per task, {class index: weight}; unspecified classes weigh 1.
         task_weights: per task (default 1).
-        aux_weight: weight of the auxiliary losses (the reference's default is 1.5).
+        aux_weight: weight of the auxiliary losses (0: left out; the reference configures 1.5
+            but its auxiliary loss is always 0).
     """
 
     def __init__(
@@ -76,7 +77,7 @@ class MultiTaskLoss(nn.Module):
         num_classes: Mapping[Task, int],
         class_weights: Mapping[Task, Mapping[int, float]] | None = None,
         task_weights: Mapping[Task, float] | None = None,
-        aux_weight: float = 1.5,
+        aux_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.tasks = list(num_classes)

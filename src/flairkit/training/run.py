@@ -268,15 +268,28 @@ def _trainer(
         # the data order: skip it when resuming.
         num_sanity_val_steps=0 if resuming else 2,
     )
-    if stage == "fit" and cfg.train.freeze_encoders_epochs:
+    if stage == "fit" and _some_parameters_get_no_gradient(cfg):
         from lightning.pytorch.strategies import DDPStrategy
 
         if isinstance(trainer.strategy, DDPStrategy):
-            # Frozen encoders get no gradient, which DDP refuses unless told to look for unused
-            # parameters. Set on the strategy Lightning chose (also for "auto" on several
-            # devices); Lightning keeps DDP's arguments in _ddp_kwargs (no public setter).
+            # DDP refuses parameters without a gradient unless told to look for unused ones.
+            # Set on the strategy Lightning chose (also for "auto" on several devices);
+            # Lightning keeps DDP's arguments in _ddp_kwargs (no public setter).
             trainer.strategy._ddp_kwargs["find_unused_parameters"] = True
     return trainer
+
+
+def _some_parameters_get_no_gradient(cfg: RunConfig) -> bool:
+    """Frozen encoders, auxiliary heads whose loss is off (``loss.aux_weight`` 0), or the
+    classifier of a U-TAE fused with image encoders that feeds no applied auxiliary head."""
+    if cfg.train.freeze_encoders_epochs:
+        return True
+    applied = set(cfg.model.aux_heads) if cfg.loss.aux_weight > 0 else set()
+    if set(cfg.model.aux_heads) - applied:
+        return True
+    series = [m for m in cfg.model.inputs if m.spec.is_time_series]
+    has_images = len(series) < len(cfg.model.inputs)
+    return has_images and any(m not in applied for m in series)
 
 
 def fit(cfg: RunConfig, resume: bool | str = "auto", callbacks: list | None = None) -> FitResult:

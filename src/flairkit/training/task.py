@@ -109,6 +109,12 @@ class SegmentationTask(L.LightningModule):
         """
         return cls(network.config, preprocess, loss, optim, network=network)
 
+    @property
+    def _aux_applied(self) -> bool:
+        """Whether the auxiliary heads' losses count (``loss.aux_weight`` > 0): else they are
+        not run, and the heads keep their weights (published files carry them)."""
+        return self.criterion.aux_weight > 0
+
     # -- steps ------------------------------------------------------------------------------
     def forward(self, batch: Batch) -> dict[Task, Tensor]:
         """Logits per task."""
@@ -116,7 +122,7 @@ class SegmentationTask(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         """One optimisation step's loss."""
-        out = self.model.forward_all(batch)
+        out = self.model.forward_all(batch, aux=self._aux_applied)
         loss, parts = self.criterion(out.logits, batch.labels, out.aux)
         self._stop_if_not_finite(loss, batch, batch_idx)
         self.log("train_loss", loss, prog_bar=True, batch_size=len(batch))
@@ -152,7 +158,7 @@ class SegmentationTask(L.LightningModule):
         )
 
     def _evaluate(self, batch: Batch, stage: str) -> Tensor:
-        out = self.model.forward_all(batch)
+        out = self.model.forward_all(batch, aux=self._aux_applied)
         loss, _ = self.criterion(out.logits, batch.labels, out.aux)
         groups = [department_of(pid) for pid in batch.patch_ids]
         for task in self.tasks:
