@@ -108,6 +108,13 @@ A/B of flairkit's deliberate differences (flairkit runs only, test mIoU / OA):
       59.70/96.2, mean 59.52 +- 4.07 / 96.05 +- 0.96; heads built but not trained (the
       default since, loss.aux_weight 0; other random init) 55.34 +- 5.12 / 94.42 +- 2.12 (the
       table). Six seeds without the loss average 57.43 against 53.38 with it, so it is off.
+  --modality-dropout 0.2 (both tools; an A/B of the dropout rules, not of flairkit alone),
+      LC-D-r18, seeds 1-3, val / test mIoU / OA and kept epoch:
+        flairkit  34.48/88.8 41.22/89.3 36 · 40.22/90.6 46.45/90.9 28 · 41.23/91.3 47.84/91.1 38
+        official  32.09/87.1 36.62/86.6 39 · 28.51/83.9 30.82/85.2 26 · 23.96/83.6 27.75/82.7 36
+      test means 45.17 +- 3.49 / 90.43 +- 0.97 against 31.73 +- 4.50 / 84.83 +- 1.97 (ratio
+      1.42): flairkit's per-sample zeroing at the configured rate beats the reference's
+      whole-batch random maps at a rate drawn from U(0, 1) each step; kept.
 Earlier rows (same data): LPIS-F at 10 epochs (40 steps) left both tools near the constant
 guess (flairkit test 3.52 +- 1.75 / 24.5 +- 8.6, official 3.36 +- 0.67 / 25.9 +- 1.8); at 20
 epochs, seed 1: flairkit 7.91 / 43.9, official 4.68 / 30.5.
