@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from flairkit.config import LossConfig, ModelConfig, PreprocessConfig, load_run_config
 from flairkit.modalities import Modality, Task
@@ -134,9 +133,8 @@ def test_ddp_is_told_about_parameters_without_gradient(
     assert _some_parameters_get_no_gradient(cfg) is unused
 
 
-def test_no_aux_head_in_the_model_means_no_aux_output() -> None:
+def test_forward_all_runs_the_aux_heads_only_when_asked() -> None:
     task = _fusion_task(None)
     out = task.model.forward_all(_batch())
     assert set(out.aux) == {(AERIAL, Task.COSIA), (S2, Task.COSIA)}
     assert task.model.forward_all(_batch(), aux=False).aux == {}
-    assert isinstance(task.model.aux_heads, nn.ModuleDict)
