@@ -58,7 +58,8 @@ A/B switches (one difference at a time; each adds a suffix to the run's name):
                                 train.winograd=false, ...)
   --flairkit-variant reference-groupnorm
                                 the L-TAE input GroupNorm counts padded dates, as the reference
-  --flairkit-variant smp-init   the decoders re-initialised as the reference's smp does
+  --flairkit-variant torch-init the decoders keep PyTorch's default initialisation
+                                (flairkit's until 2026-12-04)
   --modality-dropout P          both tools configured with modality dropout P on every input
 
 Usage:
@@ -297,12 +298,10 @@ def reference_groupnorm() -> None:
     utae.MaskedGroupNorm.forward = forward  # type: ignore[method-assign]
 
 
-def smp_init() -> None:
-    """A/B variant: the main decoders start as segmentation-models-pytorch initialises them in
-    the reference (Kaiming-uniform fan-in convolutions for ReLU, zero biases, BatchNorm 1 / 0;
-    Xavier-uniform output convolution); flairkit keeps PyTorch's default. It closes the
-    LC-D-r18 gap (6 seeds: 59.05 against 53.78; official 57.30)."""
-    import torch
+def torch_init() -> None:
+    """A/B variant: the main decoders keep PyTorch's default initialisation (uniform within
+    1 / sqrt(fan-in), BatchNorm 1 / 0), flairkit's default until 2026-12-04; it now starts them
+    as the reference's segmentation-models-pytorch does (``init_like_reference``)."""
     from torch import nn
 
     from flairkit.training import task
@@ -312,26 +311,16 @@ def smp_init() -> None:
     def build(*args: Any, **kwargs: Any) -> Any:
         model = plain(*args, **kwargs)
         for decoder in model.heads.values():
-            convs = [m for m in decoder.modules() if isinstance(m, nn.Conv2d)]
             for m in decoder.modules():
-                if isinstance(m, nn.Conv2d):
-                    if m is convs[-1]:  # the output convolution: smp's initialize_head
-                        nn.init.xavier_uniform_(m.weight)
-                    else:
-                        nn.init.kaiming_uniform_(m.weight, mode="fan_in", nonlinearity="relu")
-                    if m.bias is not None:
-                        nn.init.zeros_(m.bias)
-                elif isinstance(m, nn.BatchNorm2d):
-                    with torch.no_grad():
-                        m.weight.fill_(1.0)
-                        m.bias.zero_()
+                if isinstance(m, nn.Conv2d | nn.BatchNorm2d | nn.Linear):
+                    m.reset_parameters()
         return model
 
     task.build_model = build  # type: ignore[attr-defined]
 
 
 #: ``--flairkit-variant``: code-level A/B switches (config-level ones go through --flairkit-set).
-VARIANTS = {"reference-groupnorm": reference_groupnorm, "smp-init": smp_init}
+VARIANTS = {"reference-groupnorm": reference_groupnorm, "torch-init": torch_init}
 
 
 def run_flairkit(

@@ -64,7 +64,7 @@ def test_decoder_trains(name: str, kind: str) -> None:
     dec = build_decoder(name, PYRAMIDS[kind][0], 5).train()
     feats = _features(kind, batch=2)
     target = torch.randint(0, 5, (2, 64, 64), generator=torch.Generator().manual_seed(1))
-    opt = torch.optim.Adam(dec.parameters(), lr=1e-2)
+    opt = torch.optim.Adam(dec.parameters(), lr=1e-4)
     losses = []
     for _ in range(5):
         opt.zero_grad()
@@ -309,3 +309,27 @@ def test_resnet_encoder_and_decoder_give_input_size(name: str) -> None:
     logits = decoder(encoder(torch.randn(2, 2, 64, 64)))
     assert logits.shape == (2, 4, 64, 64)
     logits.mean().backward()
+
+
+@pytest.mark.parametrize("name", sorted(DECODERS))
+def test_built_decoders_start_as_the_reference_initialises_them(name: str) -> None:
+    """segmentation-models-pytorch's start (bench/train_parity.py, LC-D-r18: PyTorch's default
+    fitted the training patches more slowly and scored below the official code)."""
+    torch.manual_seed(0)
+    decoder = build_decoder(name, (16, 24, 32, 48, 64), 7)
+    convs = [m for m in decoder.modules() if isinstance(m, nn.Conv2d)]
+    norms = [m for m in decoder.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert convs and norms and decoder.head in convs
+    for conv in convs:
+        fan_in = conv.weight[0].numel()
+        if conv is decoder.head:  # Xavier-uniform
+            bound = (6.0 / (fan_in + conv.weight.shape[0] * conv.weight[0, 0].numel())) ** 0.5
+        else:  # Kaiming-uniform, fan-in, ReLU gain; PyTorch's default bound is 1 / sqrt(fan_in)
+            bound = (6.0 / fan_in) ** 0.5
+        w = conv.weight.detach()
+        assert w.abs().max() <= bound
+        if w.numel() >= 500:  # a uniform's std is bound / sqrt(3)
+            assert w.std().item() == pytest.approx(bound / 3**0.5, rel=0.1)
+        assert conv.bias is None or not conv.bias.any()
+    for norm in norms:
+        assert bool((norm.weight == 1).all()) and not norm.bias.any()

@@ -359,7 +359,36 @@ def build_decoder(name: str, encoder_channels: Sequence[int], num_classes: int) 
     """
     if name not in DECODERS:
         raise KeyError(f"unknown decoder {name!r}; valid: {sorted(DECODERS)}")
-    return DECODERS[name](encoder_channels, num_classes)
+    decoder = DECODERS[name](encoder_channels, num_classes)
+    init_like_reference(decoder)
+    return decoder
+
+
+def init_like_reference(decoder: nn.Module) -> None:
+    """Initialise a decoder as the reference's segmentation-models-pytorch does.
+
+    Convolutions: Kaiming-uniform over the fan-in for ReLU, zero biases; BatchNorm: weight 1,
+    bias 0; the classifier (``decoder.head``): Xavier-uniform, zero bias. PyTorch's default
+    (uniform within 1/sqrt(fan-in)) starts the convolutions ~2.4x smaller. Measured in
+    ``bench/train_parity.py`` (LC-D-r18, 6 seeds): with PyTorch's default the fused model fitted
+    its training patches more slowly and scored test mIoU 53.8 against the official 57.3.
+    """
+    head = getattr(decoder, "head", None)
+    for m in decoder.modules():
+        if isinstance(m, nn.Conv2d):
+            if m is head:
+                nn.init.xavier_uniform_(m.weight)
+            else:
+                nn.init.kaiming_uniform_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 # --- official keys ---------------------------------------------------------------------------
