@@ -5,7 +5,9 @@ allocated GPU memory instead of RSS), ``--precision bf16`` under bf16 autocast, 
 for a training-sized batch. Configurations: LC-A with a small backbone (ResNet18 UPerNet) and with the
 default Swin-B UPerNet, LC-D, LC-L and LPIS-I (benchmark patch sizes: aerial/DEM 512 px, SPOT
 64 px, Sentinel 10 px with 12 dates). Each configuration runs in a fresh subprocess so its peak
-RSS is its own; the first step is a warm-up and is not timed.
+RSS is its own; the first step is a warm-up and is not timed. The steps run the auxiliary
+heads too, as in the published models; training runs them only with ``loss.aux_weight`` > 0
+(0 by default since 2026-12-04), so these rows are an upper bound of a default step.
 
 Usage: python bench/model.py [--steps 2] [--only LC-D ...] [--device cuda] [--precision bf16]
                              [--batch 2]
