@@ -72,35 +72,36 @@ e<epochs>[suffix].json`` and a later call reuses it (``--fresh`` reruns); the lo
 
 Measured on a 2-core CPU (often shared by two runs, so fit times are not comparable between
 rows; ``bench/train.py`` times steps), 40 epochs, test mIoU / OA by the same formula; ``summary``
-of the JSON line. LPIS-F and LC-A-r18: 2026-12-03, seeds 1-3; LC-D-r18: 2026-12-04, seeds 1-6,
-and the A/B with the reference's decoder initialisation (``--flairkit-variant smp-init``).
+of the JSON line. 2026-12-04, both tools in one environment, seeds 1-3 (LC-D-r18: 1-6).
 Package versions move a seed's numbers between days, so compare same-day rows:
 
 | preset   | flairkit                          | official                          | f / o mIoU |
 |----------|-----------------------------------|-----------------------------------|------------|
-| LPIS-F   | 7.75 +- 3.80 / 46.7 +- 17.3       | 2.28 +- 2.22 / 16.7 +- 14.5       | 3.40       |
-| LC-A-r18 | 65.84 +- 2.55 / 97.90 +- 0.45     | 65.62 +- 1.17 / 97.80 +- 0.23     | 1.00       |
-| LC-D-r18 | 53.78 +- 3.72 / 93.63 +- 1.60     | 57.30 +- 3.78 / 95.35 +- 1.44     | 0.94       |
-| smp-init | 59.05 +- 5.33 / 95.76 +- 2.00     | (LC-D-r18, A/B)                   | 1.03       |
+| LPIS-F   | 7.16 +- 5.16 / 40.5 +- 25.5       | 4.42 +- 3.93 / 28.1 +- 24.7       | 1.62       |
+| LC-A-r18 | 65.06 +- 2.67 / 97.74 +- 0.58     | 66.05 +- 1.21 / 97.82 +- 0.32     | 0.99       |
+| LC-D-r18 | 58.59 +- 5.02 / 95.56 +- 1.68     | 57.30 +- 3.78 / 95.35 +- 1.44     | 1.02       |
 
 Per seed (val mIoU / OA, test mIoU / OA, kept epoch):
 
-  LPIS-F    flairkit  6.95/39.7 10.13/59.8 30 · 7.79/47.8  9.76/53.1 21 · 5.24/33.1 3.37/27.1 17
-            official  4.50/32.8  4.43/25.5  5 · 0.00/ 0.0  0.00/ 0.0  0 · 6.40/40.2 2.41/24.6 12
-  LC-A-r18  flairkit  53.00/96.6 63.01/97.5 38 · 56.52/96.6 67.95/98.3 33 · 55.09/96.2 66.56/97.9 31
-            official  53.45/95.9 65.22/97.6 38 · 53.21/96.4 64.71/97.7 36 · 54.81/96.4 66.94/98.1 35
-  LC-D-r18  flairkit with --flairkit-variant smp-init:
-                      49.32/94.4 59.95/96.6 39 · 43.32/92.6 49.86/91.9 30 · 42.68/92.3 57.07/95.4 39
-                      50.14/95.3 63.92/97.1 30 · 49.94/95.3 59.09/96.1 38 · 48.10/95.0 64.43/97.4 38
+  LPIS-F    flairkit  8.98/52.5 10.09/56.6 30 · 8.35/47.9 10.19/53.7 31 · 6.23/44.0  1.21/11.1 10
+            official  7.56/47.8  7.51/46.3 23 · 0.00/ 0.0  0.00/ 0.0  0 · 7.93/47.9  5.75/38.0 26
+  LC-A-r18  flairkit  52.08/96.1 62.07/97.1 31 · 54.61/96.7 67.18/98.2 35 · 52.56/96.4 65.94/97.9 39
+            official  53.14/96.1 64.84/97.5 39 · 53.25/95.9 66.05/97.8 39 · 54.59/96.3 67.25/98.2 35
+  LC-D-r18  flairkit  49.58/95.1 58.34/95.5 37 · 50.20/95.4 59.48/96.1 37 · 49.93/95.2 62.81/97.0 39
+                      53.63/96.2 64.89/97.4 37 · 46.44/93.9 54.61/94.4 33 · 44.62/93.1 51.41/92.9 29
             official  49.68/95.2 59.15/96.3 38 · 49.87/94.5 61.56/96.5 33 · 49.48/95.4 57.98/96.0 29
                       49.04/95.2 59.35/96.3 39 · 43.65/92.9 51.15/93.1 33 · 48.63/95.0 54.58/93.9 38
-            flairkit (its default: PyTorch's decoder initialisation):
-                      50.29/95.2 58.55/95.9 36 · 44.32/93.0 58.03/95.4 28 · 42.70/92.4 49.43/92.0 39
-                      43.54/92.7 53.27/93.0 32 · 43.45/93.1 52.25/92.8 38 · 44.16/93.2 51.17/92.7 37
-            test 53.78 +- 3.72 / 93.63 +- 1.60: below the official code on 5 of 6 seeds, with
-            a higher last-epoch train loss on 5 of 6 (0.16-0.20 against 0.14-0.17).
-            The official rows of 2026-12-03 for seeds 1-3 (older packages): 44.25/93.3
-            53.01/93.4 35 · 45.01/92.7 56.48/93.8 37 · 50.74/95.7 62.72/96.9 33.
+            last-epoch train loss: flairkit 0.107-0.151, official 0.140-0.174.
+
+flairkit's decoders start as the reference's smp starts them since 2026-12-04
+(``init_like_reference``). Before, with PyTorch's default initialisation (now
+``--flairkit-variant torch-init``), LC-D-r18 over the same six seeds scored 53.78 +- 3.72 /
+93.63 +- 1.60 (58.55, 58.03, 49.43, 53.27, 52.25, 51.17; last train loss 0.16-0.20), below the
+official code on 5 of 6 seeds; LC-A-r18 scored 65.97 +- 1.82 / 97.90 (63.97, 67.52, 66.41), 0.9
+above the new default, a third of the spread. The rows of 2026-12-03 (older packages): LPIS-F
+flairkit 7.75 +- 3.80 / 46.7 +- 17.3, official 2.28 +- 2.22 / 16.7 +- 14.5; LC-A-r18 flairkit
+65.84 +- 2.55 / 97.90 +- 0.45, official 65.62 +- 1.17 / 97.80 +- 0.23; official LC-D-r18 seeds
+1-3: 53.01, 56.48, 62.72.
 
 For scale on LPIS-F: only 6 of the 21 scored classes occur (mIoU at most 28.6), and always
 predicting the most frequent one scores test 1.15 / 24.1 (val 1.10 / 23.0). The official code
@@ -108,17 +109,17 @@ keeps an early LPIS-F checkpoint although its loss keeps falling: it selects by 
 support-weighted Jaccard over all 23 classes, where the background class 22 (half the pixels,
 weight 0 in the loss) dominates; its seed-2 run keeps epoch 0, which predicts no scored class.
 flairkit selects by the benchmark mIoU without 21 and 22. Train losses at the last epoch are
-level (flairkit 1.15 / 0.99 / 1.01, official 1.00 / 1.04 / 1.12). A/B
+level (flairkit 1.06 / 1.00 / 1.06, official 1.02 / 0.99 / 1.04). A/B on 2026-12-03
 (``--official-monitor val_loss``), seed 2: the official code then scores val 7.01 / 41.6, test
 9.49 / 53.7, level with flairkit's 7.79 / 47.8, 9.76 / 53.1 (its "best epoch" column reads its
 val_miou curve, not the kept checkpoint).
 
 A/B of flairkit's deliberate differences (flairkit runs only, test mIoU / OA):
-  --flairkit-variant reference-groupnorm, LPIS-F, seeds 1-3: 6.44/38.0, 8.77/48.5, 5.70/38.0,
+  --flairkit-variant reference-groupnorm, LPIS-F, seeds 1-3 (2026-12-03): 6.44/38.0, 8.77/48.5, 5.70/38.0,
       mean 6.97 +- 1.60 / 41.5 +- 6.1, against 7.75 +- 3.80 / 46.7 +- 17.3 with flairkit's
       masked statistics (kept).
   The auxiliary loss applied (weight 1.5, flairkit's default until 2026-12-04), LC-D-r18,
-      seeds 1-3: 59.24/96.3, 49.92/91.9, 50.99/92.6, mean 53.38 +- 5.10 / 93.57 +- 2.35.
+      seeds 1-3, PyTorch's decoder init: 59.24/96.3, 49.92/91.9, 50.99/92.6, mean 53.38 +- 5.10 / 93.57 +- 2.35.
       Without it: heads not built (--flairkit-set model.aux=false) 55.36/95.0, 63.49/96.9,
       59.70/96.2, mean 59.52 +- 4.07 / 96.05 +- 0.96; heads built but not trained (the
       default since, loss.aux_weight 0; other random init) 55.34 +- 5.12 / 94.42 +- 2.12 (the
