@@ -31,11 +31,13 @@ split over processes and the exact resume stay those of every other flairkit dat
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -439,10 +441,9 @@ class PackedReader:
         return px[0], px[1]
 
     def _dataset(self, key: str) -> Any:
-        if key not in self._open:
-            import litdata
-
-            self._open[key] = litdata.StreamingDataset(_join(self.root, key))
+        with _OPEN_LOCK:
+            if key not in self._open:
+                self._open[key] = _open_streaming(_join(self.root, key))
         return self._open[key]
 
     def _item(self, key: str, index: int) -> dict[str, Any]:
@@ -520,3 +521,27 @@ def pack_of(catalog: Catalog) -> PackedReader | None:
     if root is None and catalog.refs:
         root = catalog.refs[0].root
     return open_pack(root) if root is not None and is_packed(root) else None
+
+
+#: Loader threads open pack folders lazily; one at a time (a module lock: readers are pickled).
+_OPEN_LOCK = threading.Lock()
+
+
+def _open_streaming(url: str, attempts: int = 3) -> Any:
+    """``litdata.StreamingDataset(url)``, tolerant of litdata's cache clearing race.
+
+    litdata clears a stale cache folder with ``shutil.rmtree`` and recreates it without a lock;
+    two processes (DDP ranks on one node) opening the same pack at once can make one of them fail
+    with "Directory not empty" (seen once in ``tests/data/test_packed_ddp.py``). The folder is
+    consistent again once the other process is through, so the open is retried.
+    """
+    import litdata
+
+    for attempt in range(attempts):
+        try:
+            return litdata.StreamingDataset(url)
+        except OSError as err:
+            if err.errno != errno.ENOTEMPTY or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
